@@ -1,0 +1,71 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "keybridge", version, about = "Swap legacy Coupa API keys for OAuth 2.0 bearer tokens")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, default_value = "config.yaml", env = "KEYBRIDGE_CONFIG")]
+    pub config: PathBuf,
+    /// Log format (default: json; text for `demo`). Level from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, env = "KEYBRIDGE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default command).
+    Run,
+    /// Validate the configuration and exit 0 (valid) or 1 (invalid).
+    Check,
+    /// Read an API key from stdin and print its SHA-256 hex (for `api_key_sha256`).
+    HashKey,
+    /// Run a mock Coupa instance (token endpoint and /api/*).
+    MockCoupa(MockArgs),
+    /// Run a mock Coupa and the proxy on loopback, and print how to try it with curl.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// A client as ID:SECRET[:SCOPE,SCOPE,...]; repeatable.
+    #[arg(long = "client", value_name = "ID:SECRET[:SCOPES]")]
+    pub clients: Vec<String>,
+    /// A legacy API key that /api/* still accepts; repeatable.
+    #[arg(long = "api-key")]
+    pub api_keys: Vec<String>,
+    /// Lifetime of issued tokens.
+    #[arg(long, default_value = "86399s", value_parser = humantime::parse_duration)]
+    pub expires_in: std::time::Duration,
+    /// Refuse tokens younger than this.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub settle: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Proxy listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener.
+    #[arg(long, default_value = "127.0.0.1:9900")]
+    pub admin_listen: SocketAddr,
+    /// Mock Coupa listener.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub mock_listen: SocketAddr,
+}

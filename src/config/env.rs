@@ -1,0 +1,122 @@
+//! `${VAR}` expansion in configuration strings.
+//!
+//! Expansion happens on the parsed YAML tree, string by string, so a variable's value
+//! can never change the document's structure and an unset variable is reported with
+//! the path of the field that names it. `$${` writes a literal `${`; any other `$` is
+//! kept as is (secrets may contain `$`). Expanded values are not expanded again.
+
+/// Where variables come from. The process environment in production; a map in tests,
+/// so tests never mutate the real environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String, S> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Why a string could not be expanded. Never carries a variable's value.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    #[error("environment variable `{0}` is not set")]
+    Unset(String),
+    #[error("unterminated `${{` (expected `${{NAME}}`)")]
+    Unterminated,
+    #[error("invalid variable name `{0}` (letters, digits and `_`, not starting with a digit)")]
+    BadName(String),
+}
+
+/// Expands every `${NAME}` in `input`. Returns `None` when there is nothing to expand,
+/// so callers can skip copying.
+pub fn expand(input: &str, env: &dyn Env) -> Result<Option<String>, ExpandError> {
+    if !input.contains("${") {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find("${") {
+        if rest[..pos].ends_with('$') {
+            // `$${` is an escaped literal `${`.
+            out.push_str(&rest[..pos - 1]);
+            out.push_str("${");
+            rest = &rest[pos + 2..];
+            continue;
+        }
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 2..];
+        let end = after.find('}').ok_or(ExpandError::Unterminated)?;
+        let name = &after[..end];
+        if !is_valid_name(name) {
+            return Err(ExpandError::BadName(name.to_owned()));
+        }
+        let value = env
+            .var(name)
+            .ok_or_else(|| ExpandError::Unset(name.to_owned()))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Some(out))
+}
+
+fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env() -> HashMap<String, String> {
+        HashMap::from([
+            ("SECRET".to_owned(), "s3cr$t".to_owned()),
+            ("NESTED".to_owned(), "${SECRET}".to_owned()),
+        ])
+    }
+
+    #[test]
+    fn expands_variables_and_keeps_other_dollars() {
+        let cases = [
+            ("plain", None),
+            ("${SECRET}", Some("s3cr$t")),
+            ("a-${SECRET}-b", Some("a-s3cr$t-b")),
+            ("$${SECRET}", Some("${SECRET}")),
+            ("${NESTED}", Some("${SECRET}")),
+            ("cost $5 ${SECRET}", Some("cost $5 s3cr$t")),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                expand(input, &env()).unwrap().as_deref(),
+                want,
+                "input {input}"
+            );
+        }
+    }
+
+    #[test]
+    fn reports_unset_bad_and_unterminated() {
+        assert_eq!(
+            expand("${NOPE}", &env()),
+            Err(ExpandError::Unset("NOPE".into()))
+        );
+        assert_eq!(expand("${SECRET", &env()), Err(ExpandError::Unterminated));
+        assert_eq!(
+            expand("${1X}", &env()),
+            Err(ExpandError::BadName("1X".into()))
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Thin entry point: parse the command line, set up logging, run a subcommand.
+
+use std::io::Read as _;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use keybridge::cli::{Cli, Command, LogFormat, MockArgs};
+use keybridge::config::Config;
+use keybridge::keys::Fingerprint;
+use keybridge::mock::MockCoupa;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = cli.log_format.unwrap_or(match cli.command {
+        Some(Command::Demo(_)) => LogFormat::Text,
+        _ => LogFormat::Json,
+    });
+    init_tracing(format);
+    let command = cli.command.unwrap_or(Command::Run);
+    match command {
+        Command::Check => check(&cli.config),
+        Command::HashKey => report(hash_key()),
+        command => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("keybridge: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            report(runtime.block_on(async_main(command, &cli.config)))
+        }
+    }
+}
+
+async fn async_main(command: Command, config: &std::path::Path) -> anyhow::Result<()> {
+    match command {
+        Command::Run => run(config).await,
+        Command::MockCoupa(args) => mock_coupa(args).await,
+        Command::Demo(args) => {
+            let demo = keybridge::demo::start(&args).await?;
+            println!("{}", keybridge::demo::instructions(&demo));
+            shutdown_signal().await;
+            demo.proxy.shutdown().await;
+            demo.mock.stop().await;
+            Ok(())
+        }
+        Command::Check | Command::HashKey => Ok(()),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keybridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let running = keybridge::server::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            if let Err(e) = keybridge::upstream::build_client(&config.upstream) {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}: OK ({} instances, {} clients, {} integrations)",
+                path.display(),
+                config.instances.len(),
+                config.clients.len(),
+                config.integrations.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid configuration:\n{e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_key() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading the key from stdin")?;
+    let key = input.strip_suffix('\n').unwrap_or(&input);
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    anyhow::ensure!(!key.is_empty(), "no key on stdin (try: printf %s \"$KEY\" | keybridge hash-key)");
+    println!("{}", Fingerprint::of_key(key.as_bytes()));
+    Ok(())
+}
+
+async fn mock_coupa(args: MockArgs) -> anyhow::Result<()> {
+    let mut mock = MockCoupa::new().expires_in(args.expires_in).settle(args.settle);
+    for spec in &args.clients {
+        let mut parts = spec.splitn(3, ':');
+        let (Some(id), Some(secret)) = (parts.next(), parts.next()) else {
+            anyhow::bail!("--client must be ID:SECRET[:SCOPE,SCOPE...]");
+        };
+        let scopes: Vec<&str> = parts
+            .next()
+            .map(|s| s.split(',').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        mock = mock.client(id, secret, &scopes);
+    }
+    for key in &args.api_keys {
+        mock = mock.api_key(key);
+    }
+    let handle = mock.start(args.listen).await?;
+    tracing::info!(addr = %handle.addr, "mock Coupa listening");
+    shutdown_signal().await;
+    handle.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}

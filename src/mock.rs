@@ -1,0 +1,456 @@
+//! A mock Coupa instance: `/oauth2/token` and `/api/*`, for tests and the demo.
+//!
+//! Behaves as `shared/COUPA.md` describes Coupa: client-credentials grant with body or
+//! Basic client authentication, space-separated scopes (none requested → all granted),
+//! RFC 6749 error bodies (`invalid_client` on 400), `expires_in` in seconds, optional
+//! settle time during which a fresh token is refused with 401. `/api/*` accepts a
+//! valid, unexpired, settled bearer whose scopes cover the resource (401/403
+//! otherwise) or a configured legacy key, records every request it received, answers
+//! GETs with a JSON echo and writes with their own body.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ServerSettings;
+use crate::scopes::required_scope;
+
+/// An OAuth client the mock knows.
+#[derive(Debug, Clone)]
+pub struct MockClient {
+    pub client_id: String,
+    pub secret: String,
+    pub scopes: Vec<String>,
+}
+
+/// Builder for a mock Coupa.
+#[derive(Debug, Clone)]
+pub struct MockCoupa {
+    clients: Vec<MockClient>,
+    api_keys: Vec<String>,
+    expires_in: Duration,
+    settle: Duration,
+    token_delay: Duration,
+    token_length: usize,
+}
+
+impl Default for MockCoupa {
+    fn default() -> Self {
+        MockCoupa {
+            clients: Vec::new(),
+            api_keys: Vec::new(),
+            expires_in: Duration::from_secs(86399),
+            settle: Duration::ZERO,
+            token_delay: Duration::ZERO,
+            token_length: 48,
+        }
+    }
+}
+
+impl MockCoupa {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a client with its secret and the scopes an admin granted it.
+    pub fn client(mut self, client_id: &str, secret: &str, scopes: &[&str]) -> Self {
+        self.clients.push(MockClient {
+            client_id: client_id.into(),
+            secret: secret.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        });
+        self
+    }
+
+    /// A legacy API key that `/api/*` still accepts.
+    pub fn api_key(mut self, key: &str) -> Self {
+        self.api_keys.push(key.into());
+        self
+    }
+
+    /// Lifetime of issued tokens (Coupa: 86 399 s).
+    pub fn expires_in(mut self, d: Duration) -> Self {
+        self.expires_in = d;
+        self
+    }
+
+    /// Tokens younger than this are refused with 401 (Coupa's "wait ≥5 s").
+    pub fn settle(mut self, d: Duration) -> Self {
+        self.settle = d;
+        self
+    }
+
+    /// Delay before each token response (to make concurrent fetches overlap).
+    pub fn token_delay(mut self, d: Duration) -> Self {
+        self.token_delay = d;
+        self
+    }
+
+    /// Length of issued access tokens (JWTs can be long).
+    pub fn token_length(mut self, n: usize) -> Self {
+        self.token_length = n.max(16);
+        self
+    }
+
+    /// Starts serving on `addr` (port 0 picks a free port).
+    pub async fn start(self, addr: SocketAddr) -> std::io::Result<MockHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            config: self,
+            tokens: Mutex::default(),
+            token_requests: AtomicU64::new(0),
+            token_grants: AtomicU64::new(0),
+            requests: Mutex::default(),
+        });
+        let (shutdown, mut rx) = watch::channel(false);
+        let svc_state = Arc::clone(&state);
+        let task = tokio::spawn(crate::server::serve(
+            listener,
+            move |_peer| {
+                let state = Arc::clone(&svc_state);
+                hyper::service::service_fn(move |req| {
+                    let state = Arc::clone(&state);
+                    Box::pin(async move { Ok::<_, Infallible>(state.handle(req).await) })
+                        as Pin<Box<dyn Future<Output = _> + Send>>
+                })
+            },
+            ServerSettings::default(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
+        Ok(MockHandle {
+            addr,
+            state,
+            shutdown,
+            task,
+        })
+    }
+}
+
+/// What `/api/*` saw in one request.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: Method,
+    /// Path and query exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+    pub body_sha256: String,
+    pub status: u16,
+    /// SHA-256 of the body the mock answered with.
+    pub response_sha256: String,
+    pub auth: MockAuth,
+}
+
+/// How a recorded request authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MockAuth {
+    Bearer { client_id: String },
+    ApiKey,
+    Rejected(String),
+}
+
+/// A running mock.
+pub struct MockHandle {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl MockHandle {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests to `/oauth2/token`, successful or not.
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Tokens issued.
+    pub fn token_grants(&self) -> u64 {
+        self.state.token_grants.load(Ordering::SeqCst)
+    }
+
+    /// Every `/api/*` request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state.requests).clone()
+    }
+
+    pub fn api_hits(&self) -> usize {
+        lock(&self.state.requests).len()
+    }
+
+    /// Invalidates every issued token (as revoking a client in Coupa would).
+    pub fn revoke_all_tokens(&self) {
+        lock(&self.state.tokens).clear();
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct Issued {
+    client_id: String,
+    scopes: Vec<String>,
+    issued: Instant,
+    expires: Instant,
+}
+
+struct State {
+    config: MockCoupa,
+    tokens: Mutex<HashMap<String, Issued>>,
+    token_requests: AtomicU64,
+    token_grants: AtomicU64,
+    requests: Mutex<Vec<RecordedRequest>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl State {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        if path == "/oauth2/token" {
+            self.token(req).await
+        } else if path.starts_with("/api/") {
+            self.api(req).await
+        } else {
+            json_response(StatusCode::NOT_FOUND, &json!({"errors": {"path": ["not found"]}}))
+        }
+    }
+
+    async fn token(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.token_requests.fetch_add(1, Ordering::SeqCst);
+        if req.method() != Method::POST {
+            return oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST");
+        }
+        let basic = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(decode_basic);
+        let Ok(body) = read_body(req.into_body(), 64 * 1024).await else {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "unreadable body");
+        };
+        let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+        if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported");
+        }
+        let (id, secret) = match basic {
+            Some(pair) => pair,
+            None => (
+                form.get("client_id").cloned().unwrap_or_default(),
+                form.get("client_secret").cloned().unwrap_or_default(),
+            ),
+        };
+        let Some(client) = self
+            .config
+            .clients
+            .iter()
+            .find(|c| c.client_id == id && c.secret == secret)
+        else {
+            // Coupa answers invalid_client with 400 whatever the cause.
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "Client authentication failed");
+        };
+        let requested: Vec<String> = form
+            .get("scope")
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        if let Some(bad) = requested.iter().find(|s| !client.scopes.contains(s)) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                &format!("The requested scope is invalid, unknown, or malformed: {bad}"),
+            );
+        }
+        let scopes = if requested.is_empty() { client.scopes.clone() } else { requested };
+        if !self.config.token_delay.is_zero() {
+            tokio::time::sleep(self.config.token_delay).await;
+        }
+        let token = new_token(self.config.token_length);
+        let now = Instant::now();
+        lock(&self.tokens).insert(
+            token.clone(),
+            Issued {
+                client_id: client.client_id.clone(),
+                scopes: scopes.clone(),
+                issued: now,
+                expires: now + self.config.expires_in,
+            },
+        );
+        self.token_grants.fetch_add(1, Ordering::SeqCst);
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_in": self.config.expires_in.as_secs(),
+                "scope": scopes.join(" "),
+            }),
+        )
+    }
+
+    async fn api(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body = read_body(body, 512 * 1024 * 1024).await.unwrap_or_default();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_default();
+        let auth = self.authenticate(&parts.method, &parts.uri, &parts.headers);
+        let (status, response_body, content_type) = match &auth {
+            MockAuth::Rejected(reason) => {
+                let status = if reason.starts_with("missing scope") {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                let b = json!({"errors": {"authorization": [reason]}}).to_string();
+                (status, Bytes::from(b), HeaderValue::from_static("application/json"))
+            }
+            _ if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+                let ct = parts
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+                (StatusCode::OK, body.clone(), ct)
+            }
+            _ => {
+                let b = json!({
+                    "id": 4242,
+                    "method": parts.method.as_str(),
+                    "path": parts.uri.path(),
+                    "query": parts.uri.query(),
+                    "auth": match &auth { MockAuth::Bearer { .. } => "bearer", _ => "api_key" },
+                    "client_id": match &auth { MockAuth::Bearer { client_id } => Some(client_id), _ => None },
+                    "invoice-number": "INV-0001",
+                    "status": "approved",
+                    "supplier": {"id": 7, "name": "Acme Supplies"},
+                    "invoice-lines": [{"line-num": 1, "description": "Widgets", "price": "12.50", "quantity": "4.0"}],
+                })
+                .to_string();
+                (StatusCode::OK, Bytes::from(b), HeaderValue::from_static("application/json"))
+            }
+        };
+        lock(&self.requests).push(RecordedRequest {
+            method: parts.method.clone(),
+            target,
+            headers: parts.headers.clone(),
+            body_len: body.len(),
+            body_sha256: hex::encode(Sha256::digest(&body)),
+            status: status.as_u16(),
+            response_sha256: hex::encode(Sha256::digest(&response_body)),
+            auth,
+        });
+        let mut response = Response::new(Full::new(response_body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(CONTENT_TYPE, content_type);
+        response
+            .headers_mut()
+            .insert("x-mock-coupa", HeaderValue::from_static("1"));
+        response
+    }
+
+    fn authenticate(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> MockAuth {
+        let has_key = headers.contains_key("x-coupa-api-key");
+        if let Some(v) = headers.get(AUTHORIZATION) {
+            if has_key {
+                return MockAuth::Rejected("both an API key and a bearer token were sent".into());
+            }
+            let Some(token) = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+                return MockAuth::Rejected("unsupported authorization scheme".into());
+            };
+            let tokens = lock(&self.tokens);
+            let Some(issued) = tokens.get(token) else {
+                return MockAuth::Rejected("invalid or revoked token".into());
+            };
+            let now = Instant::now();
+            if now >= issued.expires {
+                return MockAuth::Rejected("token expired".into());
+            }
+            if now < issued.issued + self.config.settle {
+                return MockAuth::Rejected("token not yet active".into());
+            }
+            if let Some(scope) = required_scope(method, uri.path()) {
+                if !issued.scopes.contains(&scope) {
+                    return MockAuth::Rejected(format!("missing scope {scope}"));
+                }
+            }
+            return MockAuth::Bearer {
+                client_id: issued.client_id.clone(),
+            };
+        }
+        match headers.get("x-coupa-api-key") {
+            Some(k) if self.config.api_keys.iter().any(|a| a.as_bytes() == k.as_bytes()) => {
+                MockAuth::ApiKey
+            }
+            Some(_) => MockAuth::Rejected("invalid API key".into()),
+            None => MockAuth::Rejected("no credentials".into()),
+        }
+    }
+}
+
+fn new_token(len: usize) -> String {
+    let mut t = String::with_capacity(len);
+    t.push_str("mock.");
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    while t.len() < len {
+        t.push(ALPHABET[fastrand::usize(..ALPHABET.len())] as char);
+    }
+    t
+}
+
+fn decode_basic(v: &str) -> Option<(String, String)> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (id, secret) = raw.split_once(':')?;
+    let dec = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((dec(id)?, dec(secret)?))
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Limited::new(body, limit).collect().await?.to_bytes())
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"error": error, "error_description": description}))
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

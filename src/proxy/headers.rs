@@ -1,0 +1,174 @@
+//! Header rewriting for the forwarded request and the returned response.
+//!
+//! Order matters and is fixed here (RFC 9110 §7.6.1): first drop every header that
+//! `Connection` names and the hop-by-hop set, *then* drop the API key (in any spelling)
+//! and any caller `Authorization`, *then* set our bearer. So `Connection: Authorization`
+//! cannot remove the bearer, and `Connection: X-COUPA-API-KEY` cannot matter either.
+//! Framing headers (`Content-Length`, `Transfer-Encoding`) are never copied into the
+//! upstream request: hyper derives them from the body, which closes off CL/TE games.
+
+use std::net::IpAddr;
+
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The legacy key header.
+pub static X_COUPA_API_KEY: HeaderName = HeaderName::from_static("x-coupa-api-key");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the headers `Connection` lists, then the hop-by-hop set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// True for `X-COUPA-API-KEY` in any spelling a server might normalise to it
+/// (`x_coupa_api_key`, `X_Coupa-Api_Key`, …).
+pub fn is_api_key_header(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    n.len() == 15
+        && n.iter()
+            .zip(b"x-coupa-api-key")
+            .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
+}
+
+/// Removes every API key header, including odd spellings.
+pub fn strip_api_keys(headers: &mut HeaderMap) {
+    headers.remove(&X_COUPA_API_KEY);
+    let odd: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().len() == 15 && is_api_key_header(n))
+        .cloned()
+        .collect();
+    for name in odd {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a caller's headers into the upstream request's headers.
+pub fn rewrite_request(headers: &mut HeaderMap, bearer: &HeaderValue, peer: IpAddr) {
+    strip_hop_by_hop(headers);
+    strip_api_keys(headers);
+    headers.remove(AUTHORIZATION);
+    headers.remove(HOST); // the client sets it from the instance URI
+    headers.remove(CONTENT_LENGTH); // framing is hyper's to generate
+    headers.remove(EXPECT); // 100-continue was settled with the caller already
+    headers.insert(AUTHORIZATION, bearer.clone());
+    append_forwarded_for(headers, peer);
+}
+
+/// Appends the caller's address to `X-Forwarded-For`.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
+        _ => peer.to_string(),
+    };
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+/// Rewrites Coupa's response headers for the caller: hop-by-hop headers go; when the
+/// body was chunked, a `Content-Length` alongside it goes too (hyper re-frames).
+pub fn rewrite_response(headers: &mut HeaderMap) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn connection_listed_headers_cannot_drop_the_bearer_or_keep_the_key() {
+        let mut h = map(&[
+            ("connection", "Authorization, X-COUPA-API-KEY, x-custom"),
+            ("x-coupa-api-key", "k"),
+            ("x_coupa_api_key", "k2"),
+            ("X_Coupa-Api_KEY", "k3"),
+            ("authorization", "Basic Zm9v"),
+            ("x-custom", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "10"),
+            ("host", "evil.example"),
+            ("accept", "application/xml"),
+        ]);
+        let bearer = HeaderValue::from_static("Bearer t");
+        rewrite_request(&mut h, &bearer, "10.0.0.1".parse().unwrap());
+        assert_eq!(h.get_all(AUTHORIZATION).iter().collect::<Vec<_>>(), [&bearer]);
+        for gone in [
+            "x-coupa-api-key",
+            "x_coupa_api_key",
+            "x-custom",
+            "keep-alive",
+            "transfer-encoding",
+            "content-length",
+            "host",
+            "connection",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} survived");
+        }
+        assert_eq!(h["accept"], "application/xml");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        rewrite_request(&mut h, &HeaderValue::from_static("Bearer t"), "::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, ::1");
+    }
+
+    #[test]
+    fn key_header_aliases() {
+        for yes in ["x-coupa-api-key", "x_coupa_api_key", "x-coupa_api-key"] {
+            assert!(is_api_key_header(&HeaderName::from_static(yes)), "{yes}");
+        }
+        for no in ["x-coupa-api-kez", "x-coupa-api-keys", "authorization"] {
+            assert!(!is_api_key_header(&HeaderName::from_static(no)), "{no}");
+        }
+    }
+}

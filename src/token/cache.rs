@@ -1,0 +1,404 @@
+//! Per-client token cache with single-flight fetches and refresh-ahead.
+//!
+//! Guarantees:
+//! - **One fetch per need.** Every fetch runs inside moka's per-key compute, which
+//!   serialises callers and lets each re-check the entry under the lock: N concurrent
+//!   requests on a cold cache cause one token request. Callers that queued behind a
+//!   failed fetch get that fetch's error instead of starting their own.
+//! - **No waiting in steady state.** A background task per client refreshes the token
+//!   when `refresh_before_expiry` of its life is left (Coupa: renew every 20 h of 24).
+//!   Until the new token has settled, the previous one keeps being served.
+//! - **Settle delay.** Coupa may reject a token in its first seconds; a token younger
+//!   than `settle_delay` is only handed out after waiting for it to settle.
+//! - **A failed refresh is not an outage.** The old token is served until it expires.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderValue;
+use moka::ops::compute::{CompResult, Op};
+use tokio::task::JoinHandle;
+
+use super::oauth::{self, TokenError};
+use crate::config::{Client, TokenSettings};
+use crate::upstream::HttpClient;
+
+/// A cached access token and its timetable.
+pub struct Token {
+    authorization: HeaderValue,
+    /// When the token request was sent (lifetimes count from here, so the round trip
+    /// is never credited as token life).
+    pub requested_at: Instant,
+    /// Not handed out before this instant (settle delay after receipt).
+    pub usable_at: Instant,
+    /// The background refresher replaces the token from here on.
+    pub refresh_at: Instant,
+    /// Never used from here on (a small safety margin before the real expiry).
+    pub expires_at: Instant,
+    /// Wall-clock expiry, for status pages.
+    pub expires_at_wall: SystemTime,
+    /// Distinguishes successive tokens of one client.
+    pub serial: u64,
+}
+
+impl Token {
+    /// The `Authorization` header value (`Bearer …`), marked sensitive.
+    pub fn authorization(&self) -> &HeaderValue {
+        &self.authorization
+    }
+
+    fn is_usable(&self, now: Instant) -> bool {
+        self.usable_at <= now && now < self.expires_at
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("serial", &self.serial)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the cache holds per client: the newest token, and the one before it while the
+/// newest is still settling.
+#[derive(Clone)]
+struct Slot {
+    current: Arc<Token>,
+    previous: Option<Arc<Token>>,
+}
+
+enum Serving {
+    Ready(Arc<Token>),
+    /// Valid but younger than the settle delay, and nothing older to use meanwhile.
+    Settling(Arc<Token>),
+    Expired,
+}
+
+impl Slot {
+    fn serving(&self, now: Instant) -> Serving {
+        if self.current.is_usable(now) {
+            return Serving::Ready(Arc::clone(&self.current));
+        }
+        if let Some(prev) = self.previous.as_ref().filter(|p| p.is_usable(now)) {
+            return Serving::Ready(Arc::clone(prev));
+        }
+        if now < self.current.expires_at {
+            return Serving::Settling(Arc::clone(&self.current));
+        }
+        Serving::Expired
+    }
+}
+
+/// Fetch history of one client, for readiness, status pages and logs. Never the token.
+#[derive(Debug, Clone, Default)]
+pub struct ClientStatus {
+    pub fetches_ok: u64,
+    pub fetches_failed: u64,
+    pub last_fetch: Option<SystemTime>,
+    pub last_error: Option<TokenError>,
+    last_failure_at: Option<Instant>,
+}
+
+struct Inner {
+    cache: moka::future::Cache<Arc<str>, Slot>,
+    clients: HashMap<Arc<str>, Arc<Client>>,
+    status: HashMap<Arc<str>, Mutex<ClientStatus>>,
+    http: HttpClient,
+    settings: TokenSettings,
+    serial: AtomicU64,
+}
+
+/// The token cache. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: Arc<Inner>,
+}
+
+/// Aborts the background refreshers when dropped.
+pub struct Refreshers(Vec<JoinHandle<()>>);
+
+impl Drop for Refreshers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl TokenCache {
+    pub fn new<'a>(
+        clients: impl IntoIterator<Item = &'a Arc<Client>>,
+        http: HttpClient,
+        settings: TokenSettings,
+    ) -> Self {
+        let clients: HashMap<Arc<str>, Arc<Client>> = clients
+            .into_iter()
+            .map(|c| (Arc::clone(&c.name), Arc::clone(c)))
+            .collect();
+        let status = clients
+            .keys()
+            .map(|k| (Arc::clone(k), Mutex::new(ClientStatus::default())))
+            .collect();
+        let cache = moka::future::Cache::builder()
+            .max_capacity(clients.len().max(1) as u64 * 2)
+            .build();
+        TokenCache {
+            inner: Arc::new(Inner {
+                cache,
+                clients,
+                status,
+                http,
+                settings,
+                serial: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A usable token for `client`, fetching (once, for all concurrent callers) if there
+    /// is none and waiting out the settle delay of a brand-new token.
+    pub async fn get(&self, client: &str) -> Result<Arc<Token>, TokenError> {
+        if let Some(slot) = self.inner.cache.get(client).await {
+            match slot.serving(Instant::now()) {
+                Serving::Ready(token) => return Ok(token),
+                Serving::Settling(token) => return Ok(wait_settled(token).await),
+                Serving::Expired => {}
+            }
+        }
+        let slot = self.refresh(client).await?;
+        match slot.serving(Instant::now()) {
+            Serving::Ready(token) => Ok(token),
+            Serving::Settling(token) => Ok(wait_settled(token).await),
+            Serving::Expired => Err(TokenError::InvalidResponse(
+                "token expired as soon as it was issued (check expires_in)".into(),
+            )),
+        }
+    }
+
+    /// Fetches a new token unless the cached one is still before its refresh time.
+    /// Concurrent calls for one client run one at a time, each re-checking first.
+    async fn refresh(&self, name: &str) -> Result<Slot, TokenError> {
+        let inner = &self.inner;
+        let client = inner
+            .clients
+            .get(name)
+            .ok_or_else(|| TokenError::Unreachable(format!("no client named `{name}`")))?;
+        let queued_at = Instant::now();
+        let result = inner
+            .cache
+            .entry(Arc::clone(&client.name))
+            .and_try_compute_with(|entry| async move {
+                let old = entry.map(|e| e.into_value());
+                if let Some(slot) = &old {
+                    if Instant::now() < slot.current.refresh_at {
+                        return Ok(Op::Nop); // someone refreshed while we queued
+                    }
+                }
+                if let Some(err) = self.failed_since(name, queued_at) {
+                    return Err(err); // a fetch failed while we queued: share its result
+                }
+                let token = self.fetch(client).await?;
+                let previous = old
+                    .map(|s| s.current)
+                    .filter(|t| Instant::now() < t.expires_at);
+                Ok(Op::Put(Slot {
+                    current: Arc::new(token),
+                    previous,
+                }))
+            })
+            .await?;
+        match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                Ok(e.into_value())
+            }
+            CompResult::StillNone(_) | CompResult::Removed(_) => Err(TokenError::Unreachable(
+                "token cache entry vanished during refresh".into(),
+            )),
+        }
+    }
+
+    async fn fetch(&self, client: &Client) -> Result<Token, TokenError> {
+        let settings = &self.inner.settings;
+        let requested_at = Instant::now();
+        let result =
+            oauth::request_token(&self.inner.http, client, settings.request_timeout).await;
+        let received_at = Instant::now();
+        let mut status = self.status_lock(&client.name);
+        status.last_fetch = Some(SystemTime::now());
+        match result {
+            Ok(grant) => {
+                status.fetches_ok += 1;
+                status.last_error = None;
+                status.last_failure_at = None;
+                let token = self.stamp(grant, requested_at, received_at);
+                tracing::info!(
+                    client = %client.name,
+                    expires_in_s = token_lifetime(&token).as_secs(),
+                    serial = token.serial,
+                    "token fetched"
+                );
+                Ok(token)
+            }
+            Err(err) => {
+                status.fetches_failed += 1;
+                status.last_error = Some(err.clone());
+                status.last_failure_at = Some(received_at);
+                tracing::warn!(client = %client.name, error = %err, "token fetch failed");
+                Err(err)
+            }
+        }
+    }
+
+    fn stamp(&self, grant: oauth::Grant, requested_at: Instant, received_at: Instant) -> Token {
+        let settings = &self.inner.settings;
+        let life = grant.expires_in;
+        let margin = (life / 10).min(Duration::from_secs(30));
+        let expires_at = requested_at + life - margin;
+        let usable_at = received_at + settings.settle_delay;
+        let lead = settings.refresh_before_expiry.min(life / 2);
+        let refresh_at = (requested_at + life - lead).max(usable_at);
+        Token {
+            authorization: grant.authorization,
+            requested_at,
+            usable_at,
+            refresh_at,
+            expires_at,
+            expires_at_wall: SystemTime::now() + expires_at.saturating_duration_since(Instant::now()),
+            serial: self.inner.serial.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    fn failed_since(&self, name: &str, since: Instant) -> Option<TokenError> {
+        let status = self.status_lock(name);
+        match status.last_failure_at {
+            Some(at) if at >= since => status.last_error.clone(),
+            _ => None,
+        }
+    }
+
+    fn status_lock(&self, name: &str) -> std::sync::MutexGuard<'_, ClientStatus> {
+        static EMPTY: std::sync::OnceLock<Mutex<ClientStatus>> = std::sync::OnceLock::new();
+        let m = self
+            .inner
+            .status
+            .get(name)
+            .unwrap_or_else(|| EMPTY.get_or_init(Mutex::default));
+        // A poisoned status only means a panic elsewhere mid-update; the counters are
+        // still meaningful.
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts one background refresher per client. Each fetches at once (start-up
+    /// warm-up), then again at every token's refresh time, backing off with jitter
+    /// after failures.
+    pub fn spawn_refreshers(&self) -> Refreshers {
+        let tasks = self
+            .inner
+            .clients
+            .keys()
+            .map(|name| {
+                let cache = self.clone();
+                let name = Arc::clone(name);
+                tokio::spawn(async move { cache.refresh_loop(name).await })
+            })
+            .collect();
+        Refreshers(tasks)
+    }
+
+    async fn refresh_loop(self, name: Arc<str>) {
+        let max = self.inner.settings.max_retry_backoff;
+        let mut failures: u32 = 0;
+        loop {
+            if let Some(slot) = self.inner.cache.get(&*name).await {
+                tokio::time::sleep_until(slot.current.refresh_at.into()).await;
+            }
+            match self.refresh(&name).await {
+                Ok(_) => failures = 0,
+                Err(_) => {
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(backoff(failures, max)).await;
+                }
+            }
+        }
+    }
+
+    /// True once every client holds a settled, unexpired token.
+    pub async fn all_ready(&self) -> bool {
+        let now = Instant::now();
+        for name in self.inner.clients.keys() {
+            match self.inner.cache.get(&**name).await {
+                Some(slot) if matches!(slot.serving(now), Serving::Ready(_)) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Readiness and fetch history per client, sorted by name.
+    pub async fn status(&self) -> Vec<(Arc<str>, ClientReport)> {
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(self.inner.clients.len());
+        for name in self.inner.clients.keys() {
+            let slot = self.inner.cache.get(&**name).await;
+            let (ready, expires_at) = match &slot {
+                Some(s) => match s.serving(now) {
+                    Serving::Ready(t) => (true, Some(t.expires_at_wall)),
+                    Serving::Settling(t) => (false, Some(t.expires_at_wall)),
+                    Serving::Expired => (false, None),
+                },
+                None => (false, None),
+            };
+            out.push((
+                Arc::clone(name),
+                ClientReport {
+                    ready,
+                    expires_at,
+                    history: self.status_lock(name).clone(),
+                },
+            ));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// One client's state as reported by [`TokenCache::status`].
+#[derive(Debug, Clone)]
+pub struct ClientReport {
+    pub ready: bool,
+    pub expires_at: Option<SystemTime>,
+    pub history: ClientStatus,
+}
+
+fn token_lifetime(t: &Token) -> Duration {
+    t.expires_at.saturating_duration_since(t.requested_at)
+}
+
+async fn wait_settled(token: Arc<Token>) -> Arc<Token> {
+    tokio::time::sleep_until(token.usable_at.into()).await;
+    token
+}
+
+/// Exponential backoff from 1 s with full jitter, capped at `max`.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let ceiling = Duration::from_secs(1u64 << failures.min(16).saturating_sub(1)).min(max);
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(60);
+        assert!(backoff(1, max) <= Duration::from_secs(1));
+        assert!(backoff(3, max) <= Duration::from_secs(4));
+        assert!(backoff(3, max) >= Duration::from_secs(2));
+        assert!(backoff(30, max) <= max);
+        assert!(backoff(30, max) >= max / 2);
+    }
+}

@@ -1,0 +1,11 @@
+//! Bearer tokens for the configured OAuth clients.
+//!
+//! [`oauth`] speaks the client-credentials grant; [`cache`] keeps one token per client
+//! in moka, fetches it once for all concurrent callers, refreshes it in the background
+//! ahead of expiry and never hands out a token younger than Coupa's settle delay.
+
+pub mod cache;
+pub mod oauth;
+
+pub use cache::{ClientStatus, Token, TokenCache};
+pub use oauth::TokenError;

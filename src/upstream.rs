@@ -1,0 +1,89 @@
+//! The pooled HTTP client that talks to Coupa (API calls and token requests).
+//!
+//! One client for the whole process: keep-alive pool per instance, HTTP/1.1 or HTTP/2
+//! chosen by ALPN, rustls with the webpki root set (plus an optional private CA file).
+//! There is no way to disable certificate verification: a bad certificate fails closed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::UpstreamSettings;
+
+/// Request bodies sent upstream: a caller's body streamed through, or one we built.
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// The shared upstream client.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("upstream.ca_file {path}: {message}")]
+    CaFile { path: PathBuf, message: String },
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Builds the client. Fails only on a bad `ca_file`.
+pub fn build_client(settings: &UpstreamSettings) -> Result<HttpClient, TlsSetupError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &settings.ca_file {
+        for cert in read_pem_certs(path)? {
+            roots.add(cert).map_err(|e| TlsSetupError::CaFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .build(connector))
+}
+
+fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let err = |message: String| TlsSetupError::CaFile {
+        path: path.to_owned(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("contains no PEM certificate".to_owned()));
+    }
+    Ok(certs)
+}
