@@ -388,7 +388,7 @@ impl RawConfig {
             warnings: Vec::new(),
         };
 
-        if self.listen == self.admin_listen {
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
             v.error("admin_listen", "must differ from `listen`");
         }
         if self.instances.is_empty() {

@@ -72,7 +72,7 @@ pub fn instructions(demo: &Demo) -> String {
          Config in use (the secret comes from $DEMO_CLIENT_SECRET):\n\n{cfg}\n\
          Try it:\n\
          \x20 curl -s http://{a}/readyz\n\
-         \x20 curl -s -H 'X-COUPA-API-KEY: {key}' -H 'Accept: application/json' 'http://{p}/api/invoices/42?fields=[\"id\"]'\n\
+         \x20 curl -sg -H 'X-COUPA-API-KEY: {key}' -H 'Accept: application/json' 'http://{p}/api/invoices/42?fields=[\"id\"]'\n\
          \x20 curl -s -X POST -H 'X-COUPA-API-KEY: {key}' -H 'Content-Type: application/json' -d '{{\"invoice-number\":\"INV-1\"}}' http://{p}/api/invoices\n\
          \x20 curl -s -H 'X-COUPA-API-KEY: wrong-key' http://{p}/api/invoices      # 401, never reaches Coupa\n\
          \x20 curl -s -H 'X-COUPA-API-KEY: {key}' http://{p}/api/suppliers         # 403 from Coupa: the client lacks core.supplier.read\n\n\

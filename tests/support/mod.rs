@@ -1,0 +1,185 @@
+//! Shared test harness: a mock Coupa and keybridge on 127.0.0.1:0, a real HTTP client,
+//! and a capture of everything keybridge logs (to check no secret ever appears).
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use keybridge::config::Config;
+use keybridge::mock::{MockCoupa, MockHandle};
+use keybridge::server::Running;
+
+pub const KEY: &str = "0123456789abcdef0123456789abcdef01234567";
+pub const SECRET: &str = "erp-sync-secret-5f1c9a7e";
+
+/// Everything keybridge logged in this test binary so far.
+pub fn logs() -> String {
+    String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = CaptureWriter(Arc::clone(&buf));
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("debug,hyper=info,h2=info,rustls=info")
+            .with_writer(move || writer.clone())
+            .try_init();
+        buf
+    })
+}
+
+#[derive(Clone)]
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A mock Coupa with the standard `erp-sync` client and legacy key.
+pub fn mock() -> MockCoupa {
+    MockCoupa::new()
+        .client(
+            "erp-sync-client",
+            SECRET,
+            &["core.invoice.read", "core.invoice.write", "core.user.read"],
+        )
+        .api_key(KEY)
+}
+
+/// A config for one instance at `base_url`, one client, one integration with [`KEY`].
+pub fn config_yaml(base_url: &str, extra: &str) -> String {
+    format!(
+        r#"listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+instances:
+  prod:
+    base_url: {base_url}
+clients:
+  erp-sync:
+    instance: prod
+    client_id: erp-sync-client
+    client_secret: ${{ERP_SYNC_SECRET}}
+    scopes: [core.invoice.read, core.invoice.write]
+integrations:
+  - name: netsuite-bundle
+    api_key_sha256: {fp}
+    client: erp-sync
+token:
+  settle_delay: 0s
+{extra}"#,
+        fp = keybridge::keys::Fingerprint::of_key(KEY.as_bytes())
+    )
+}
+
+pub fn env() -> HashMap<String, String> {
+    HashMap::from([("ERP_SYNC_SECRET".to_owned(), SECRET.to_owned())])
+}
+
+pub fn parse(yaml: &str) -> Config {
+    Config::from_yaml(yaml, Path::new("."), &env()).unwrap()
+}
+
+/// Starts keybridge with `yaml` (listeners on port 0).
+pub async fn start_proxy(yaml: &str) -> Running {
+    log_buffer();
+    keybridge::server::start(parse(yaml)).await.unwrap()
+}
+
+/// Starts the standard mock and a proxy in front of it; waits until ready.
+pub async fn start_pair(mock: MockCoupa, extra: &str) -> (MockHandle, Running) {
+    let mock = mock.start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let proxy = start_proxy(&config_yaml(&mock.base_url(), extra)).await;
+    wait_ready(proxy.admin_addr).await;
+    (mock, proxy)
+}
+
+pub async fn wait_ready(admin: SocketAddr) {
+    for _ in 0..200 {
+        let (status, _, _) = get(admin, "/readyz", &[]).await;
+        if status == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("keybridge never became ready");
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends a request over a real socket and collects the response.
+pub async fn send(
+    method: Method,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    send_with(&client(), method, addr, path, headers, body).await
+}
+
+pub async fn send_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Bytes) {
+    send(Method::GET, addr, path, headers, Bytes::new()).await
+}
+
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// Sends raw bytes on a fresh connection and returns what came back until close.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
