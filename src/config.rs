@@ -420,6 +420,7 @@ impl RawConfig {
             }
         }
 
+        let declared_clients: Vec<String> = self.clients.keys().cloned().collect();
         let mut clients = BTreeMap::new();
         for (name, raw) in self.clients {
             if let Some(client) = raw.validate(&name, &instances, base_dir, &mut v) {
@@ -438,7 +439,7 @@ impl RawConfig {
                     format!("duplicate integration name `{}` (also integrations[{first}])", raw.name),
                 );
             }
-            let Some(integration) = raw.validate(&field, &clients, &mut v) else {
+            let Some(integration) = raw.validate(&field, &clients, &declared_clients, &mut v) else {
                 continue;
             };
             if let Some(first) = seen_keys.insert(integration.fingerprint, i) {
@@ -607,19 +608,21 @@ impl RawIntegration {
         self,
         field: &str,
         clients: &BTreeMap<String, Arc<Client>>,
+        declared_clients: &[String],
         v: &mut Validator,
     ) -> Option<Integration> {
         if self.name.trim().is_empty() {
             v.error(format!("{field}.name"), "must not be empty");
         }
         let client = clients.get(&self.client).cloned();
-        if client.is_none() {
+        // A client that is declared but invalid has its own error already.
+        if client.is_none() && !declared_clients.contains(&self.client) {
             v.error(
                 format!("{field}.client"),
                 format!(
                     "client `{}` is not defined under `clients` (defined: {})",
                     self.client,
-                    list(clients.keys())
+                    list(declared_clients.iter())
                 ),
             );
         }

@@ -150,6 +150,7 @@ impl MockCoupa {
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
     pub method: Method,
+    pub version: http::Version,
     /// Path and query exactly as received.
     pub target: String,
     pub headers: HeaderMap,
@@ -361,6 +362,7 @@ impl State {
         };
         lock(&self.requests).push(RecordedRequest {
             method: parts.method.clone(),
+            version: parts.version,
             target,
             headers: parts.headers.clone(),
             body_len: body.len(),
