@@ -35,9 +35,13 @@ type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Inf
 /// The admin service for one connection.
 pub fn service(
     state: Arc<AdminState>,
-) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible, Future = AdminFuture>
-       + Send
-       + 'static {
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = AdminFuture,
+> + Send
++ 'static {
     hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = Arc::clone(&state);
         Box::pin(async move { Ok(route(&state, &req).await) }) as AdminFuture
@@ -46,7 +50,11 @@ pub fn service(
 
 async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "admin endpoints are read-only");
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "admin endpoints are read-only",
+        );
     }
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, json!({"status": "ok"})),

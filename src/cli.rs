@@ -6,10 +6,20 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "keybridge", version, about = "Swap legacy Coupa API keys for OAuth 2.0 bearer tokens")]
+#[command(
+    name = "keybridge",
+    version,
+    about = "Swap legacy Coupa API keys for OAuth 2.0 bearer tokens"
+)]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, short, global = true, default_value = "config.yaml", env = "KEYBRIDGE_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config.yaml",
+        env = "KEYBRIDGE_CONFIG"
+    )]
     pub config: PathBuf,
     /// Log format (default: json; text for `demo`). Level from RUST_LOG (default info).
     #[arg(long, global = true, value_enum, env = "KEYBRIDGE_LOG_FORMAT")]

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use serde::Deserialize;
 
 pub use env::{Env, ProcessEnv};
@@ -308,7 +308,11 @@ impl Config {
         }
         let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             let field = e.path().to_string();
-            let field = if field == "." { "(top level)".to_owned() } else { field };
+            let field = if field == "." {
+                "(top level)".to_owned()
+            } else {
+                field
+            };
             ConfigError::Invalid(vec![FieldError {
                 field,
                 message: e.into_inner().to_string(),
@@ -406,7 +410,10 @@ impl RawConfig {
         for (field, d) in [
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),
-            ("server.header_read_timeout", self.server.header_read_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
         ] {
             if d.is_zero() {
                 v.error(field, "must be greater than 0");
@@ -436,10 +443,14 @@ impl RawConfig {
             if let Some(first) = seen_names.insert(raw.name.clone(), i) {
                 v.error(
                     format!("{field}.name"),
-                    format!("duplicate integration name `{}` (also integrations[{first}])", raw.name),
+                    format!(
+                        "duplicate integration name `{}` (also integrations[{first}])",
+                        raw.name
+                    ),
                 );
             }
-            let Some(integration) = raw.validate(&field, &clients, &declared_clients, &mut v) else {
+            let Some(integration) = raw.validate(&field, &clients, &declared_clients, &mut v)
+            else {
                 continue;
             };
             if let Some(first) = seen_keys.insert(integration.fingerprint, i) {
@@ -503,7 +514,10 @@ impl RawInstance {
                 match default.parse() {
                     Ok(uri) => uri,
                     Err(e) => {
-                        v.error(format!("{field}.base_url"), format!("cannot derive token_url: {e}"));
+                        v.error(
+                            format!("{field}.base_url"),
+                            format!("cannot derive token_url: {e}"),
+                        );
                         return None;
                     }
                 }
@@ -550,11 +564,17 @@ impl RawClient {
         }
         let secret = match (self.client_secret, self.client_secret_file) {
             (Some(_), Some(_)) => {
-                v.error(field.clone(), "set either `client_secret` or `client_secret_file`, not both");
+                v.error(
+                    field.clone(),
+                    "set either `client_secret` or `client_secret_file`, not both",
+                );
                 None
             }
             (None, None) => {
-                v.error(field.clone(), "missing `client_secret` (or `client_secret_file`)");
+                v.error(
+                    field.clone(),
+                    "missing `client_secret` (or `client_secret_file`)",
+                );
                 None
             }
             (Some(s), None) if s.is_empty() => {
@@ -568,7 +588,10 @@ impl RawClient {
                     Ok(s) => {
                         let s = s.trim_end_matches(['\r', '\n']);
                         if s.is_empty() {
-                            v.error(format!("{field}.client_secret_file"), format!("{} is empty", path.display()));
+                            v.error(
+                                format!("{field}.client_secret_file"),
+                                format!("{} is empty", path.display()),
+                            );
                             None
                         } else {
                             Some(Secret::new(s))
@@ -585,7 +608,11 @@ impl RawClient {
             }
         };
         for (i, scope) in self.scopes.iter().enumerate() {
-            if scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\') {
+            if scope.is_empty()
+                || scope
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+            {
                 v.error(
                     format!("{field}.scopes[{i}]"),
                     "a scope is one non-empty word without spaces or quotes (list each scope separately)",
@@ -672,8 +699,16 @@ fn parse_http_url(s: &str) -> Result<Uri, String> {
         .map_err(|e| format!("`{s}` is not a valid URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        Some(other) => return Err(format!("`{s}`: scheme must be http or https, not `{other}`")),
-        None => return Err(format!("`{s}` must be an absolute URL starting with https://")),
+        Some(other) => {
+            return Err(format!(
+                "`{s}`: scheme must be http or https, not `{other}`"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "`{s}` must be an absolute URL starting with https://"
+            ));
+        }
     }
     let Some(authority) = uri.authority() else {
         return Err(format!("`{s}` has no host"));

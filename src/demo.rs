@@ -22,7 +22,11 @@ pub struct Demo {
 pub async fn start(args: &DemoArgs) -> anyhow::Result<Demo> {
     let secret = format!("demo-secret-{:016x}", fastrand::u64(..));
     let mock = MockCoupa::new()
-        .client("demo-client", &secret, &["core.invoice.read", "core.invoice.write", "core.user.read"])
+        .client(
+            "demo-client",
+            &secret,
+            &["core.invoice.read", "core.invoice.write", "core.user.read"],
+        )
         .settle(std::time::Duration::from_secs(1))
         .start(args.mock_listen)
         .await?;

@@ -34,8 +34,9 @@ impl Fingerprint {
             ));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|_| "expected only hex digits 0-9 a-f (see `keybridge hash-key`)".to_owned())?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| {
+            "expected only hex digits 0-9 a-f (see `keybridge hash-key`)".to_owned()
+        })?;
         Ok(Fingerprint(out))
     }
 
@@ -100,7 +101,10 @@ mod tests {
             "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         );
         assert_eq!(fp.short(), "9f86d081");
-        assert_eq!(Fingerprint::from_hex(&fp.to_string().to_uppercase()), Ok(fp));
+        assert_eq!(
+            Fingerprint::from_hex(&fp.to_string().to_uppercase()),
+            Ok(fp)
+        );
     }
 
     #[test]

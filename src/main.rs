@@ -22,7 +22,10 @@ fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::HashKey => report(hash_key()),
         command => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("keybridge: cannot start the async runtime: {e}");
@@ -61,7 +64,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 async fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))?;
+    let config =
+        Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -106,13 +110,18 @@ fn hash_key() -> anyhow::Result<()> {
         .context("reading the key from stdin")?;
     let key = input.strip_suffix('\n').unwrap_or(&input);
     let key = key.strip_suffix('\r').unwrap_or(key);
-    anyhow::ensure!(!key.is_empty(), "no key on stdin (try: printf %s \"$KEY\" | keybridge hash-key)");
+    anyhow::ensure!(
+        !key.is_empty(),
+        "no key on stdin (try: printf %s \"$KEY\" | keybridge hash-key)"
+    );
     println!("{}", Fingerprint::of_key(key.as_bytes()));
     Ok(())
 }
 
 async fn mock_coupa(args: MockArgs) -> anyhow::Result<()> {
-    let mut mock = MockCoupa::new().expires_in(args.expires_in).settle(args.settle);
+    let mut mock = MockCoupa::new()
+        .expires_in(args.expires_in)
+        .settle(args.settle);
     for spec in &args.clients {
         let mut parts = spec.splitn(3, ':');
         let (Some(id), Some(secret)) = (parts.next(), parts.next()) else {
@@ -164,7 +173,11 @@ fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
 }

@@ -240,14 +240,21 @@ impl State {
         } else if path.starts_with("/api/") {
             self.api(req).await
         } else {
-            json_response(StatusCode::NOT_FOUND, &json!({"errors": {"path": ["not found"]}}))
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"errors": {"path": ["not found"]}}),
+            )
         }
     }
 
     async fn token(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         self.token_requests.fetch_add(1, Ordering::SeqCst);
         if req.method() != Method::POST {
-            return oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST");
+            return oauth_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "use POST",
+            );
         }
         let basic = req
             .headers()
@@ -256,11 +263,19 @@ impl State {
             .and_then(|v| v.strip_prefix("Basic "))
             .and_then(decode_basic);
         let Ok(body) = read_body(req.into_body(), 64 * 1024).await else {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "unreadable body");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "unreadable body",
+            );
         };
         let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
         if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only client_credentials is supported",
+            );
         }
         let (id, secret) = match basic {
             Some(pair) => pair,
@@ -276,7 +291,11 @@ impl State {
             .find(|c| c.client_id == id && c.secret == secret)
         else {
             // Coupa answers invalid_client with 400 whatever the cause.
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "Client authentication failed");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                "Client authentication failed",
+            );
         };
         let requested: Vec<String> = form
             .get("scope")
@@ -289,7 +308,11 @@ impl State {
                 &format!("The requested scope is invalid, unknown, or malformed: {bad}"),
             );
         }
-        let scopes = if requested.is_empty() { client.scopes.clone() } else { requested };
+        let scopes = if requested.is_empty() {
+            client.scopes.clone()
+        } else {
+            requested
+        };
         if !self.config.token_delay.is_zero() {
             tokio::time::sleep(self.config.token_delay).await;
         }
@@ -333,7 +356,11 @@ impl State {
                     StatusCode::UNAUTHORIZED
                 };
                 let b = json!({"errors": {"authorization": [reason]}}).to_string();
-                (status, Bytes::from(b), HeaderValue::from_static("application/json"))
+                (
+                    status,
+                    Bytes::from(b),
+                    HeaderValue::from_static("application/json"),
+                )
             }
             _ if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
                 let ct = parts
@@ -357,7 +384,11 @@ impl State {
                     "invoice-lines": [{"line-num": 1, "description": "Widgets", "price": "12.50", "quantity": "4.0"}],
                 })
                 .to_string();
-                (StatusCode::OK, Bytes::from(b), HeaderValue::from_static("application/json"))
+                (
+                    StatusCode::OK,
+                    Bytes::from(b),
+                    HeaderValue::from_static("application/json"),
+                )
             }
         };
         lock(&self.requests).push(RecordedRequest {
@@ -410,7 +441,13 @@ impl State {
             };
         }
         match headers.get("x-coupa-api-key") {
-            Some(k) if self.config.api_keys.iter().any(|a| a.as_bytes() == k.as_bytes()) => {
+            Some(k)
+                if self
+                    .config
+                    .api_keys
+                    .iter()
+                    .any(|a| a.as_bytes() == k.as_bytes()) =>
+            {
                 MockAuth::ApiKey
             }
             Some(_) => MockAuth::Rejected("invalid API key".into()),
@@ -430,7 +467,9 @@ fn new_token(len: usize) -> String {
 }
 
 fn decode_basic(v: &str) -> Option<(String, String)> {
-    let raw = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .ok()?;
     let raw = String::from_utf8(raw).ok()?;
     let (id, secret) = raw.split_once(':')?;
     let dec = |s: &str| {
@@ -441,12 +480,18 @@ fn decode_basic(v: &str) -> Option<(String, String)> {
     Some((dec(id)?, dec(secret)?))
 }
 
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+async fn read_body(
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
     Ok(Limited::new(body, limit).collect().await?.to_bytes())
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Full<Bytes>> {
-    json_response(status, &json!({"error": error, "error_description": description}))
+    json_response(
+        status,
+        &json!({"error": error, "error_description": description}),
+    )
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {

@@ -83,10 +83,22 @@ mod tests {
 
     #[test]
     fn maps_methods_and_resources() {
-        assert_eq!(required_scope(&Method::GET, "/api/invoices/12").as_deref(), Some("core.invoice.read"));
-        assert_eq!(required_scope(&Method::POST, "/api/invoices").as_deref(), Some("core.invoice.write"));
-        assert_eq!(required_scope(&Method::PUT, "/api/purchase_orders/25").as_deref(), Some("core.purchase_order.write"));
-        assert_eq!(required_scope(&Method::GET, "/api/users?limit=1").as_deref(), Some("core.user.read"));
+        assert_eq!(
+            required_scope(&Method::GET, "/api/invoices/12").as_deref(),
+            Some("core.invoice.read")
+        );
+        assert_eq!(
+            required_scope(&Method::POST, "/api/invoices").as_deref(),
+            Some("core.invoice.write")
+        );
+        assert_eq!(
+            required_scope(&Method::PUT, "/api/purchase_orders/25").as_deref(),
+            Some("core.purchase_order.write")
+        );
+        assert_eq!(
+            required_scope(&Method::GET, "/api/users?limit=1").as_deref(),
+            Some("core.user.read")
+        );
         assert_eq!(required_scope(&Method::GET, "/api/unheard_of"), None);
         assert_eq!(required_scope(&Method::GET, "/oauth2/token"), None);
     }

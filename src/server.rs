@@ -25,8 +25,8 @@ use crate::config::{Config, ServerSettings};
 use crate::keys::KeyMap;
 use crate::proxy::{Proxy, Shared};
 use crate::stack;
-use crate::token::cache::Refreshers;
 use crate::token::TokenCache;
+use crate::token::cache::Refreshers;
 use crate::upstream::{self, TlsSetupError};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let proxy_task = tokio::spawn(serve(
         proxy_listener,
-        move |peer| TowerToHyperService::new(stack::proxy_stack(Proxy::new(Arc::clone(&shared), peer))),
+        move |peer| {
+            TowerToHyperService::new(stack::proxy_stack(Proxy::new(Arc::clone(&shared), peer)))
+        },
         config.server.clone(),
         signalled(rx.clone()),
     ));
@@ -118,7 +120,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
-    l.local_addr().map_err(|source| StartError::Bind { addr, source })
+    l.local_addr()
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 async fn signalled(mut rx: watch::Receiver<bool>) {

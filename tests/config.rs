@@ -1,6 +1,13 @@
 //! An operator validates a config with `keybridge check`: every mistake gets a message
 //! naming the field, and exit code 1.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
 mod support;
 
 use std::io::Write;
@@ -46,7 +53,11 @@ fn check(yaml: &str) -> Output {
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("keybridge-test-{}-{}", std::process::id(), fastrand::u64(..)));
+    let dir = std::env::temp_dir().join(format!(
+        "keybridge-test-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -54,28 +65,85 @@ fn tempdir() -> std::path::PathBuf {
 #[test]
 fn a_valid_config_passes() {
     let out = check(&valid());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 instances, 1 clients, 1 integrations)"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("OK (1 instances, 1 clients, 1 integrations)")
+    );
 }
 
 #[test]
 fn each_mistake_is_named_with_exit_code_1() {
     let v = valid();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("unknown top-level field", format!("{v}listne: 1\n"), "unknown field `listne`"),
-        ("unknown client field", v.replace("    scopes:", "    scope: x\n    scopes:"), "clients.erp-sync.scope: unknown field `scope`"),
-        ("undefined client", v.replace("    client: erp-sync", "    client: erp-sink"), "integrations[0].client: client `erp-sink` is not defined"),
-        ("undefined instance", v.replace("    instance: prod", "    instance: production"), "clients.erp-sync.instance: instance `production` is not defined"),
-        ("unset variable", v.replace("${ERP_SYNC_SECRET}", "${UNSET_VAR_FOR_TEST}"), "clients.erp-sync.client_secret: environment variable `UNSET_VAR_FOR_TEST` is not set"),
-        ("malformed base_url", v.replace("https://acme.coupahost.com", "acme.coupahost.com"), "instances.prod.base_url"),
-        ("base_url with a path", v.replace("https://acme.coupahost.com", "https://acme.coupahost.com/api"), "must be scheme and host only"),
-        ("ftp base_url", v.replace("https://acme.coupahost.com", "ftp://acme.coupahost.com"), "scheme must be http or https"),
-        ("malformed token_url", v.replace("    base_url:", "    token_url: not a url\n    base_url:"), "instances.prod.token_url"),
-        ("short fingerprint", v.replace(FP, &FP[..40]), "integrations[0].api_key_sha256: expected 64 hex digits"),
-        ("non-hex fingerprint", v.replace(FP, &"g".repeat(64)), "integrations[0].api_key_sha256: expected only hex digits"),
+        (
+            "unknown top-level field",
+            format!("{v}listne: 1\n"),
+            "unknown field `listne`",
+        ),
+        (
+            "unknown client field",
+            v.replace("    scopes:", "    scope: x\n    scopes:"),
+            "clients.erp-sync.scope: unknown field `scope`",
+        ),
+        (
+            "undefined client",
+            v.replace("    client: erp-sync", "    client: erp-sink"),
+            "integrations[0].client: client `erp-sink` is not defined",
+        ),
+        (
+            "undefined instance",
+            v.replace("    instance: prod", "    instance: production"),
+            "clients.erp-sync.instance: instance `production` is not defined",
+        ),
+        (
+            "unset variable",
+            v.replace("${ERP_SYNC_SECRET}", "${UNSET_VAR_FOR_TEST}"),
+            "clients.erp-sync.client_secret: environment variable `UNSET_VAR_FOR_TEST` is not set",
+        ),
+        (
+            "malformed base_url",
+            v.replace("https://acme.coupahost.com", "acme.coupahost.com"),
+            "instances.prod.base_url",
+        ),
+        (
+            "base_url with a path",
+            v.replace(
+                "https://acme.coupahost.com",
+                "https://acme.coupahost.com/api",
+            ),
+            "must be scheme and host only",
+        ),
+        (
+            "ftp base_url",
+            v.replace("https://acme.coupahost.com", "ftp://acme.coupahost.com"),
+            "scheme must be http or https",
+        ),
+        (
+            "malformed token_url",
+            v.replace("    base_url:", "    token_url: not a url\n    base_url:"),
+            "instances.prod.token_url",
+        ),
+        (
+            "short fingerprint",
+            v.replace(FP, &FP[..40]),
+            "integrations[0].api_key_sha256: expected 64 hex digits",
+        ),
+        (
+            "non-hex fingerprint",
+            v.replace(FP, &"g".repeat(64)),
+            "integrations[0].api_key_sha256: expected only hex digits",
+        ),
         (
             "duplicate fingerprint",
-            format!("{v}  - name: other\n    api_key_sha256: {}\n    client: erp-sync\n", FP.to_uppercase()),
+            format!(
+                "{v}  - name: other\n    api_key_sha256: {}\n    client: erp-sync\n",
+                FP.to_uppercase()
+            ),
             "integrations[1]: duplicate API key (fingerprint 9f86d081): integrations[0] already uses it",
         ),
         (
@@ -85,22 +153,60 @@ fn each_mistake_is_named_with_exit_code_1() {
         ),
         (
             "duplicate name",
-            format!("{v}  - name: netsuite-bundle\n    api_key: another-key\n    client: erp-sync\n"),
+            format!(
+                "{v}  - name: netsuite-bundle\n    api_key: another-key\n    client: erp-sync\n"
+            ),
             "integrations[1].name: duplicate integration name `netsuite-bundle`",
         ),
-        ("both key forms", v.replace("    client: erp-sync\n", "    client: erp-sync\n    api_key: abc\n"), "set either `api_key_sha256` or `api_key`"),
-        ("no secret", v.replace("    client_secret: ${ERP_SYNC_SECRET}\n", ""), "missing `client_secret`"),
-        ("missing secret file", v.replace("client_secret: ${ERP_SYNC_SECRET}", "client_secret_file: /nonexistent/secret"), "clients.erp-sync.client_secret_file: cannot read"),
-        ("scope with a space", v.replace("core.invoice.write]", "\"core.invoice.write core.user.read\"]"), "clients.erp-sync.scopes[1]"),
-        ("bad duration", format!("{v}token:\n  settle_delay: soon\n"), "token.settle_delay"),
+        (
+            "both key forms",
+            v.replace(
+                "    client: erp-sync\n",
+                "    client: erp-sync\n    api_key: abc\n",
+            ),
+            "set either `api_key_sha256` or `api_key`",
+        ),
+        (
+            "no secret",
+            v.replace("    client_secret: ${ERP_SYNC_SECRET}\n", ""),
+            "missing `client_secret`",
+        ),
+        (
+            "missing secret file",
+            v.replace(
+                "client_secret: ${ERP_SYNC_SECRET}",
+                "client_secret_file: /nonexistent/secret",
+            ),
+            "clients.erp-sync.client_secret_file: cannot read",
+        ),
+        (
+            "scope with a space",
+            v.replace(
+                "core.invoice.write]",
+                "\"core.invoice.write core.user.read\"]",
+            ),
+            "clients.erp-sync.scopes[1]",
+        ),
+        (
+            "bad duration",
+            format!("{v}token:\n  settle_delay: soon\n"),
+            "token.settle_delay",
+        ),
         ("not YAML", "instances: [\n".to_owned(), "not valid YAML"),
-        ("wrong type", v.replace("listen: 127.0.0.1:8080", "listen: [1]"), "listen:"),
+        (
+            "wrong type",
+            v.replace("listen: 127.0.0.1:8080", "listen: [1]"),
+            "listen:",
+        ),
     ];
     for (name, yaml, want) in cases {
         let out = check(&yaml);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
-        assert!(stderr.contains(want), "{name}: expected `{want}` in:\n{stderr}");
+        assert!(
+            stderr.contains(want),
+            "{name}: expected `{want}` in:\n{stderr}"
+        );
         assert!(!stderr.contains("s3cret-value"), "{name}: secret leaked");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
@@ -113,17 +219,34 @@ fn a_missing_file_is_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/keybridge.yaml"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read config file /nonexistent/keybridge.yaml")
+    );
 }
 
 #[test]
 fn secrets_can_come_from_files() {
     let dir = tempdir();
     std::fs::write(dir.join("erp.secret"), "from-a-file\n").unwrap();
-    let yaml = valid().replace("client_secret: ${ERP_SYNC_SECRET}", "client_secret_file: erp.secret");
-    let config = keybridge::config::Config::from_yaml(&yaml, &dir, &std::collections::HashMap::<String, String>::new()).unwrap();
-    assert_eq!(config.clients["erp-sync"].client_secret.expose(), "from-a-file");
-    assert!(!format!("{config:?}").contains("from-a-file"), "Debug redacts secrets");
+    let yaml = valid().replace(
+        "client_secret: ${ERP_SYNC_SECRET}",
+        "client_secret_file: erp.secret",
+    );
+    let config = keybridge::config::Config::from_yaml(
+        &yaml,
+        &dir,
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        config.clients["erp-sync"].client_secret.expose(),
+        "from-a-file"
+    );
+    assert!(
+        !format!("{config:?}").contains("from-a-file"),
+        "Debug redacts secrets"
+    );
 }
 
 #[test]
@@ -142,14 +265,21 @@ fn hash_key_prints_the_fingerprint_used_in_config() {
 }
 
 #[test]
-fn the_shipped_config_is_valid() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_keybridge"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("ERP_SYNC_SECRET", "x")
-        .env("TREASURY_SECRET", "y")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+fn the_shipped_configs_are_valid() {
+    for file in ["config.yaml", "deploy/compose-config.yaml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let out = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("ERP_SYNC_SECRET", "x")
+            .env("TREASURY_SECRET", "y")
+            .env("DEMO_CLIENT_SECRET", "z")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

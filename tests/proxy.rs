@@ -1,6 +1,13 @@
 //! The key-swapping proxy, end to end: an integration sends its legacy key to
 //! keybridge and Coupa (the mock) sees only an OAuth bearer.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
 mod support;
 
 use std::time::Duration;
@@ -29,15 +36,27 @@ async fn get_reaches_coupa_with_the_bearer_only_and_comes_back_unchanged() {
     let seen = mock.requests();
     assert_eq!(seen.len(), 1);
     let r = &seen[0];
-    assert_eq!(r.auth, MockAuth::Bearer { client_id: "erp-sync-client".into() });
-    assert!(!r.headers.contains_key("x-coupa-api-key"), "key must not reach Coupa");
+    assert_eq!(
+        r.auth,
+        MockAuth::Bearer {
+            client_id: "erp-sync-client".into()
+        }
+    );
+    assert!(
+        !r.headers.contains_key("x-coupa-api-key"),
+        "key must not reach Coupa"
+    );
     let auths: Vec<_> = r.headers.get_all("authorization").iter().collect();
     assert_eq!(auths.len(), 1, "exactly one Authorization");
     assert!(auths[0].to_str().unwrap().starts_with("Bearer mock."));
     assert_eq!(r.headers["accept"], "application/xml", "Accept untouched");
     assert_eq!(r.headers["host"], mock.addr.to_string());
     assert_eq!(r.headers["x-forwarded-for"], "127.0.0.1");
-    assert_eq!(sha256_hex(&body), r.response_sha256, "response body byte-identical");
+    assert_eq!(
+        sha256_hex(&body),
+        r.response_sha256,
+        "response body byte-identical"
+    );
     proxy.shutdown().await;
 }
 
@@ -49,7 +68,10 @@ async fn a_5mb_post_streams_through_byte_identical() {
         Method::POST,
         proxy.proxy_addr,
         "/api/invoices",
-        &[("x-coupa-api-key", KEY), ("content-type", "application/xml")],
+        &[
+            ("x-coupa-api-key", KEY),
+            ("content-type", "application/xml"),
+        ],
         payload.clone(),
     )
     .await;
@@ -59,7 +81,10 @@ async fn a_5mb_post_streams_through_byte_identical() {
     assert_eq!(r.body_len, payload.len());
     assert_eq!(r.body_sha256, sha256_hex(&payload), "upload arrives intact");
     assert_eq!(r.headers["content-length"], payload.len().to_string());
-    assert_eq!(r.headers["content-type"], "application/xml", "Content-Type untouched");
+    assert_eq!(
+        r.headers["content-type"], "application/xml",
+        "Content-Type untouched"
+    );
     assert!(!r.headers.contains_key("x-coupa-api-key"));
     assert_eq!(body.len(), payload.len());
     assert!(body == payload, "echoed body byte-identical");
@@ -70,7 +95,10 @@ async fn a_5mb_post_streams_through_byte_identical() {
 async fn unknown_or_missing_key_is_rejected_without_reaching_coupa() {
     let (mock, proxy) = start_pair(mock(), "").await;
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("x-coupa-api-key", "not-a-configured-key")], "unknown_api_key"),
+        (
+            &[("x-coupa-api-key", "not-a-configured-key")],
+            "unknown_api_key",
+        ),
         (&[], "missing_api_key"),
         (&[("authorization", "Bearer stolen")], "missing_api_key"),
     ];
@@ -81,7 +109,10 @@ async fn unknown_or_missing_key_is_rejected_without_reaching_coupa() {
         let body = json(&body);
         assert_eq!(body["error"], *code);
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
-        assert!(!body.to_string().contains("not-a-configured-key"), "key echoed: {body}");
+        assert!(
+            !body.to_string().contains("not-a-configured-key"),
+            "key echoed: {body}"
+        );
     }
     assert_eq!(mock.api_hits(), 0, "nothing may be forwarded");
     proxy.shutdown().await;
@@ -91,17 +122,30 @@ async fn unknown_or_missing_key_is_rejected_without_reaching_coupa() {
 async fn absolute_form_targets_and_forged_hosts_still_go_to_the_instance() {
     let (mock, proxy) = start_pair(mock(), "").await;
     let requests = [
-        format!("GET http://evil.example/api/invoices/1 HTTP/1.1\r\nHost: evil.example\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"),
-        format!("GET /api/invoices/2 HTTP/1.1\r\nHost: evil\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"),
-        format!("GET https://evil.example:8443/api/invoices/3 HTTP/1.1\r\nHost: 169.254.169.254\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"),
+        format!(
+            "GET http://evil.example/api/invoices/1 HTTP/1.1\r\nHost: evil.example\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "GET /api/invoices/2 HTTP/1.1\r\nHost: evil\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "GET https://evil.example:8443/api/invoices/3 HTTP/1.1\r\nHost: 169.254.169.254\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"
+        ),
     ];
     for raw in &requests {
         let reply = raw_exchange(proxy.proxy_addr, raw.as_bytes()).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
     let seen = mock.requests();
-    assert_eq!(seen.len(), 3, "every request went to the configured instance");
-    for (r, want) in seen.iter().zip(["/api/invoices/1", "/api/invoices/2", "/api/invoices/3"]) {
+    assert_eq!(
+        seen.len(),
+        3,
+        "every request went to the configured instance"
+    );
+    for (r, want) in seen
+        .iter()
+        .zip(["/api/invoices/1", "/api/invoices/2", "/api/invoices/3"])
+    {
         assert_eq!(r.target, want);
         assert_eq!(r.headers["host"], mock.addr.to_string());
     }
@@ -119,7 +163,9 @@ async fn coupa_query_syntax_passes_byte_exact() {
         "/api/invoices/7?return_object=limited&supplier[name][starts_with]=Acme%20Co",
     ];
     for t in targets {
-        let raw = format!("GET {t} HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n");
+        let raw = format!(
+            "GET {t} HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"
+        );
         let reply = raw_exchange(proxy.proxy_addr, raw.as_bytes()).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{t}: {reply}");
     }
@@ -129,7 +175,9 @@ async fn coupa_query_syntax_passes_byte_exact() {
     // Known limit of the `http` crate's URI parser: a raw `"` in the query is refused
     // with 400 before keybridge sees it (percent-encoded `%22`, as HTTP clients send it,
     // passes). It is never forwarded in any altered form.
-    let raw = format!("GET /api/invoices?fields=[\"id\"] HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n");
+    let raw = format!(
+        "GET /api/invoices?fields=[\"id\"] HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"
+    );
     let reply = raw_exchange(proxy.proxy_addr, raw.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(mock.api_hits(), targets.len());
@@ -156,7 +204,12 @@ async fn connection_header_cannot_drop_the_bearer_or_keep_the_key() {
 #[tokio::test]
 async fn long_jwt_bearers_reach_coupa() {
     let (mock, proxy) = start_pair(mock().token_length(16 * 1024 + 100), "").await;
-    let (status, _, _) = get(proxy.proxy_addr, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let auth = mock.requests()[0].headers["authorization"].len();
     assert!(auth > 16 * 1024, "bearer header was {auth} bytes");
@@ -167,7 +220,12 @@ async fn long_jwt_bearers_reach_coupa() {
 async fn coupa_errors_pass_back_unchanged() {
     let (mock, proxy) = start_pair(mock(), "").await;
     // The client lacks core.supplier.read: Coupa's own 403 comes back as is.
-    let (status, _, body) = get(proxy.proxy_addr, "/api/suppliers", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/suppliers",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(sha256_hex(&body), mock.requests()[0].response_sha256);
     proxy.shutdown().await;
@@ -180,11 +238,21 @@ async fn unreachable_coupa_gives_502_and_a_hanging_one_504() {
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
     let token_mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&format!("http://{closed_addr}"), "")
-        .replace("base_url:", &format!("token_url: {}/oauth2/token\n    base_url:", token_mock.base_url()));
+    let yaml = config_yaml(&format!("http://{closed_addr}"), "").replace(
+        "base_url:",
+        &format!(
+            "token_url: {}/oauth2/token\n    base_url:",
+            token_mock.base_url()
+        ),
+    );
     let proxy = start_proxy(&yaml).await;
     wait_ready(proxy.admin_addr).await;
-    let (status, _, body) = get(proxy.proxy_addr, "/api/invoices", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(json(&body)["error"], "upstream_unreachable");
     proxy.shutdown().await;
@@ -198,12 +266,26 @@ async fn unreachable_coupa_gives_502_and_a_hanging_one_504() {
             held.push(s);
         }
     });
-    let yaml = config_yaml(&format!("http://{hang_addr}"), "upstream:\n  response_timeout: 300ms\n")
-        .replace("base_url:", &format!("token_url: {}/oauth2/token\n    base_url:", token_mock.base_url()));
+    let yaml = config_yaml(
+        &format!("http://{hang_addr}"),
+        "upstream:\n  response_timeout: 300ms\n",
+    )
+    .replace(
+        "base_url:",
+        &format!(
+            "token_url: {}/oauth2/token\n    base_url:",
+            token_mock.base_url()
+        ),
+    );
     let proxy = start_proxy(&yaml).await;
     wait_ready(proxy.admin_addr).await;
     let started = std::time::Instant::now();
-    let (status, _, body) = get(proxy.proxy_addr, "/api/invoices", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(json(&body)["error"], "upstream_timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -216,7 +298,15 @@ async fn http2_callers_are_served_too() {
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let (status, _, _) = send_with(&h2, Method::GET, proxy.proxy_addr, "/api/invoices/9", &[("x-coupa-api-key", KEY)], Bytes::new()).await;
+    let (status, _, _) = send_with(
+        &h2,
+        Method::GET,
+        proxy.proxy_addr,
+        "/api/invoices/9",
+        &[("x-coupa-api-key", KEY)],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert!(matches!(mock.requests()[0].auth, MockAuth::Bearer { .. }));
     proxy.shutdown().await;

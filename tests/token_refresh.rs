@@ -1,6 +1,13 @@
 //! Token lifecycle stories: one fetch for many callers, refresh ahead of expiry,
 //! Coupa's settle delay, and what callers see when the token endpoint fails.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
 mod support;
 
 use std::sync::Arc;
@@ -13,32 +20,70 @@ use support::*;
 #[tokio::test]
 async fn two_hundred_concurrent_requests_on_a_cold_cache_cause_one_fetch() {
     // The token endpoint is slow, so all 200 requests arrive before any token exists.
-    let mock = mock().token_delay(Duration::from_millis(400)).start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mock = mock()
+        .token_delay(Duration::from_millis(400))
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
     let proxy = start_proxy(&config_yaml(&mock.base_url(), "")).await;
     let addr = proxy.proxy_addr;
     let tasks: Vec<_> = (0..200)
-        .map(|i| tokio::spawn(async move { get(addr, &format!("/api/invoices/{i}"), &[("x-coupa-api-key", KEY)]).await.0 }))
+        .map(|i| {
+            tokio::spawn(async move {
+                get(
+                    addr,
+                    &format!("/api/invoices/{i}"),
+                    &[("x-coupa-api-key", KEY)],
+                )
+                .await
+                .0
+            })
+        })
         .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
-    assert_eq!(mock.token_requests(), 1, "exactly one token fetch for 200 cold requests");
+    assert_eq!(
+        mock.token_requests(),
+        1,
+        "exactly one token fetch for 200 cold requests"
+    );
 
     let client = client();
     for i in 0..10_000 {
-        let (status, _, _) = send_with(&client, Method::GET, addr, &format!("/api/invoices/{i}"), &[("x-coupa-api-key", KEY)], bytes::Bytes::new()).await;
+        let (status, _, _) = send_with(
+            &client,
+            Method::GET,
+            addr,
+            &format!("/api/invoices/{i}"),
+            &[("x-coupa-api-key", KEY)],
+            bytes::Bytes::new(),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "request {i}");
     }
-    assert_eq!(mock.token_requests(), 1, "still one fetch after 10 000 more requests");
+    assert_eq!(
+        mock.token_requests(),
+        1,
+        "still one fetch after 10 000 more requests"
+    );
 
-    let token = mock.requests()[0].headers["authorization"].to_str().unwrap().trim_start_matches("Bearer ").to_owned();
+    let token = mock.requests()[0].headers["authorization"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned();
     assert!(!logs().contains(&token), "the token must never be logged");
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_cache_alone_collapses_concurrent_fetches() {
-    let mock = mock().token_delay(Duration::from_millis(200)).start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mock = mock()
+        .token_delay(Duration::from_millis(200))
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
     let config = parse(&config_yaml(&mock.base_url(), ""));
     let http = keybridge::upstream::build_client(&config.upstream).unwrap();
     let cache = TokenCache::new(config.clients.values(), http, config.token.clone());
@@ -64,8 +109,21 @@ async fn hammer(addr: std::net::SocketAddr, dur: Duration) -> usize {
     let until = Instant::now() + dur;
     let mut n = 0;
     while Instant::now() < until {
-        let (status, _, body) = send_with(&client, Method::GET, addr, "/api/invoices/1", &[("x-coupa-api-key", KEY)], bytes::Bytes::new()).await;
-        assert_eq!(status, StatusCode::OK, "request {n} failed: {}", String::from_utf8_lossy(&body));
+        let (status, _, body) = send_with(
+            &client,
+            Method::GET,
+            addr,
+            "/api/invoices/1",
+            &[("x-coupa-api-key", KEY)],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {n} failed: {}",
+            String::from_utf8_lossy(&body)
+        );
         n += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -79,7 +137,10 @@ async fn short_lived_tokens_are_refreshed_before_expiry_without_failures() {
     assert!(n > 100);
     // Refresh at half-life: ~1 fetch per second, and none on the request path.
     let fetches = mock.token_requests();
-    assert!((4..=8).contains(&fetches), "{fetches} fetches in 5 s of 2 s tokens");
+    assert!(
+        (4..=8).contains(&fetches),
+        "{fetches} fetches in 5 s of 2 s tokens"
+    );
     assert!(mock.requests().iter().all(|r| r.status == 200));
     proxy.shutdown().await;
 }
@@ -87,7 +148,9 @@ async fn short_lived_tokens_are_refreshed_before_expiry_without_failures() {
 #[tokio::test]
 async fn tokens_younger_than_coupas_settle_time_are_never_used() {
     // This mock refuses tokens younger than 1 s, as Coupa may.
-    let m = mock().expires_in(Duration::from_secs(3)).settle(Duration::from_secs(1));
+    let m = mock()
+        .expires_in(Duration::from_secs(3))
+        .settle(Duration::from_secs(1));
     let mock = m.start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let yaml = config_yaml(&mock.base_url(), "").replace("settle_delay: 0s", "settle_delay: 1s");
     let proxy = start_proxy(&yaml).await;
@@ -95,7 +158,10 @@ async fn tokens_younger_than_coupas_settle_time_are_never_used() {
     let n = hammer(proxy.proxy_addr, Duration::from_secs(7)).await;
     assert!(n > 100);
     assert!(mock.token_requests() >= 3, "tokens were rotated");
-    assert!(mock.requests().iter().all(|r| r.status == 200), "Coupa never saw an unsettled token");
+    assert!(
+        mock.requests().iter().all(|r| r.status == 200),
+        "Coupa never saw an unsettled token"
+    );
     proxy.shutdown().await;
 }
 
@@ -105,7 +171,12 @@ async fn readiness_waits_for_settled_tokens() {
     let yaml = config_yaml(&mock.base_url(), "").replace("settle_delay: 0s", "settle_delay: 700ms");
     let proxy = start_proxy(&yaml).await;
     let (status, _, body) = get(proxy.admin_addr, "/readyz", &[]).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     assert_eq!(json(&body)["clients"]["erp-sync"]["ready"], false);
     let (status, _, _) = get(proxy.admin_addr, "/healthz", &[]).await;
     assert_eq!(status, StatusCode::OK, "alive while not ready");
@@ -122,18 +193,28 @@ async fn token_endpoint_down_gives_503_naming_the_client_without_the_secret() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
-    let yaml = config_yaml(&api.base_url(), "")
-        .replace("base_url:", &format!("token_url: http://{closed_addr}/oauth2/token\n    base_url:"));
+    let yaml = config_yaml(&api.base_url(), "").replace(
+        "base_url:",
+        &format!("token_url: http://{closed_addr}/oauth2/token\n    base_url:"),
+    );
     let proxy = start_proxy(&yaml).await;
     let started = Instant::now();
-    let (status, headers, body) = get(proxy.proxy_addr, "/api/invoices", &[("x-coupa-api-key", KEY)]).await;
+    let (status, headers, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert!(started.elapsed() < Duration::from_secs(5), "bounded time");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["content-type"], "application/json");
     let text = String::from_utf8_lossy(&body).into_owned();
     let body = json(text.as_bytes());
     assert_eq!(body["error"], "token_unavailable");
-    assert!(body["message"].as_str().unwrap().contains("`erp-sync`"), "{text}");
+    assert!(
+        body["message"].as_str().unwrap().contains("`erp-sync`"),
+        "{text}"
+    );
     assert!(!text.contains(SECRET));
     assert_eq!(api.api_hits(), 0, "nothing forwarded without a token");
     let (status, _, _) = get(proxy.admin_addr, "/readyz", &[]).await;
@@ -146,16 +227,31 @@ async fn token_endpoint_down_gives_503_naming_the_client_without_the_secret() {
 
 #[tokio::test]
 async fn a_rejected_secret_gives_503_and_logs_coupas_error_but_not_the_secret() {
-    let m = keybridge::mock::MockCoupa::new().client("erp-sync-client", "the-real-secret", &["core.invoice.read"]);
+    let m = keybridge::mock::MockCoupa::new().client(
+        "erp-sync-client",
+        "the-real-secret",
+        &["core.invoice.read"],
+    );
     let mock = m.start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let proxy = start_proxy(&config_yaml(&mock.base_url(), "")).await;
-    let (status, _, body) = get(proxy.proxy_addr, "/api/invoices", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("`erp-sync`") && text.contains("invalid_client"), "{text}");
+    assert!(
+        text.contains("`erp-sync`") && text.contains("invalid_client"),
+        "{text}"
+    );
     assert!(!text.contains(SECRET) && !text.contains("the-real-secret"));
     let logs = logs();
-    assert!(logs.contains("invalid_client") && logs.contains("Client authentication failed"), "Coupa's error and description are logged");
+    assert!(
+        logs.contains("invalid_client") && logs.contains("Client authentication failed"),
+        "Coupa's error and description are logged"
+    );
     assert!(!logs.contains(SECRET));
     let (_, _, ready) = get(proxy.admin_addr, "/readyz", &[]).await;
     assert!(String::from_utf8_lossy(&ready).contains("invalid_client"));
@@ -166,10 +262,17 @@ async fn a_rejected_secret_gives_503_and_logs_coupas_error_but_not_the_secret() 
 async fn basic_client_auth_and_scopeless_requests_work() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     // No scopes configured: Coupa grants all of the client's scopes (incl. core.user.read).
-    let yaml = config_yaml(&mock.base_url(), "")
-        .replace("    scopes: [core.invoice.read, core.invoice.write]\n", "    auth: basic\n");
+    let yaml = config_yaml(&mock.base_url(), "").replace(
+        "    scopes: [core.invoice.read, core.invoice.write]\n",
+        "    auth: basic\n",
+    );
     let proxy = start_proxy(&yaml).await;
-    let (status, _, _) = get(proxy.proxy_addr, "/api/users?limit=1", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/users?limit=1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(mock.token_grants(), 1);
     proxy.shutdown().await;
@@ -178,11 +281,20 @@ async fn basic_client_auth_and_scopeless_requests_work() {
 #[tokio::test]
 async fn a_scope_the_client_lacks_is_reported_as_invalid_scope() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&mock.base_url(), "").replace("core.invoice.write]", "core.supplier.read]");
+    let yaml =
+        config_yaml(&mock.base_url(), "").replace("core.invoice.write]", "core.supplier.read]");
     let proxy = start_proxy(&yaml).await;
-    let (status, _, body) = get(proxy.proxy_addr, "/api/invoices", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(String::from_utf8_lossy(&body).contains("invalid_scope"));
-    assert!(logs().contains("core.supplier.read"), "Coupa's description names the scope");
+    assert!(
+        logs().contains("core.supplier.read"),
+        "Coupa's description names the scope"
+    );
     proxy.shutdown().await;
 }

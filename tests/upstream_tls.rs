@@ -1,6 +1,13 @@
 //! Coupa is reached over TLS with verified certificates: an untrusted or mismatched
 //! certificate fails closed (502, nothing sent), a trusted private CA works.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
 mod support;
 
 use std::net::SocketAddr;
@@ -15,20 +22,27 @@ use support::*;
 use tokio::net::TcpListener;
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Terminates TLS (cert for localhost/127.0.0.1, ALPN h2 + http/1.1) on `bind` and
 /// relays the plaintext to `backend`.
 async fn tls_front(bind: &str, backend: SocketAddr) -> SocketAddr {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("server.pem")).unwrap().map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("server.pem"))
         .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind(bind).await.unwrap();
@@ -37,7 +51,9 @@ async fn tls_front(bind: &str, backend: SocketAddr) -> SocketAddr {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut plain = tokio::net::TcpStream::connect(backend).await.unwrap();
                 let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
             });
@@ -51,19 +67,46 @@ fn yaml_for(mock_url: &str, https_base: &str, ca_file: Option<&Path>) -> String 
         Some(p) => format!("upstream:\n  ca_file: {}\n", p.display()),
         None => String::new(),
     };
-    config_yaml(https_base, &extra).replace("base_url:", &format!("token_url: {mock_url}/oauth2/token\n    base_url:"))
+    config_yaml(https_base, &extra).replace(
+        "base_url:",
+        &format!("token_url: {mock_url}/oauth2/token\n    base_url:"),
+    )
 }
 
 #[tokio::test]
 async fn an_untrusted_certificate_fails_closed() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let front = tls_front("127.0.0.1:0", mock.addr).await;
-    let proxy = start_proxy(&yaml_for(&mock.base_url(), &format!("https://{front}"), None)).await;
+    let proxy = start_proxy(&yaml_for(
+        &mock.base_url(),
+        &format!("https://{front}"),
+        None,
+    ))
+    .await;
     wait_ready(proxy.admin_addr).await;
-    let (status, _, body) = get(proxy.proxy_addr, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(mock.api_hits(), 0, "no request may cross an unverified connection");
-    assert!(logs().contains("UnknownIssuer") || logs().contains("unknown issuer") || logs().contains("certificate"), "the log says why");
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        mock.api_hits(),
+        0,
+        "no request may cross an unverified connection"
+    );
+    assert!(
+        logs().contains("UnknownIssuer")
+            || logs().contains("unknown issuer")
+            || logs().contains("certificate"),
+        "the log says why"
+    );
     proxy.shutdown().await;
 }
 
@@ -71,9 +114,19 @@ async fn an_untrusted_certificate_fails_closed() {
 async fn a_trusted_private_ca_works_over_h2_and_a_name_mismatch_fails() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let front = tls_front("127.0.0.1:0", mock.addr).await;
-    let proxy = start_proxy(&yaml_for(&mock.base_url(), &format!("https://{front}"), Some(&fixture("ca.pem")))).await;
+    let proxy = start_proxy(&yaml_for(
+        &mock.base_url(),
+        &format!("https://{front}"),
+        Some(&fixture("ca.pem")),
+    ))
+    .await;
     wait_ready(proxy.admin_addr).await;
-    let (status, _, _) = get(proxy.proxy_addr, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let seen = mock.requests();
     assert!(matches!(seen[0].auth, MockAuth::Bearer { .. }));
@@ -82,9 +135,19 @@ async fn a_trusted_private_ca_works_over_h2_and_a_name_mismatch_fails() {
 
     // Same CA, but the certificate does not name 127.0.0.2.
     let front2 = tls_front("127.0.0.2:0", mock.addr).await;
-    let proxy = start_proxy(&yaml_for(&mock.base_url(), &format!("https://{front2}"), Some(&fixture("ca.pem")))).await;
+    let proxy = start_proxy(&yaml_for(
+        &mock.base_url(),
+        &format!("https://{front2}"),
+        Some(&fixture("ca.pem")),
+    ))
+    .await;
     wait_ready(proxy.admin_addr).await;
-    let (status, _, _) = get(proxy.proxy_addr, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(mock.api_hits(), 1, "nothing more reached Coupa");
     proxy.shutdown().await;

@@ -138,7 +138,10 @@ mod tests {
         ]);
         let bearer = HeaderValue::from_static("Bearer t");
         rewrite_request(&mut h, &bearer, "10.0.0.1".parse().unwrap());
-        assert_eq!(h.get_all(AUTHORIZATION).iter().collect::<Vec<_>>(), [&bearer]);
+        assert_eq!(
+            h.get_all(AUTHORIZATION).iter().collect::<Vec<_>>(),
+            [&bearer]
+        );
         for gone in [
             "x-coupa-api-key",
             "x_coupa_api_key",
@@ -158,7 +161,11 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
-        rewrite_request(&mut h, &HeaderValue::from_static("Bearer t"), "::1".parse().unwrap());
+        rewrite_request(
+            &mut h,
+            &HeaderValue::from_static("Bearer t"),
+            "::1".parse().unwrap(),
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, ::1");
     }
 

@@ -5,8 +5,8 @@
 //! and authority always come from the configured instance, so an absolute-form target
 //! (`GET http://evil.example/…`) or a forged `Host` can never choose where we connect.
 
-use http::uri::PathAndQuery;
 use http::Uri;
+use http::uri::PathAndQuery;
 
 /// The caller's path and query, or `None` for targets without one (`*`, authority-form).
 pub fn path_and_query(target: &Uri) -> Option<PathAndQuery> {
@@ -21,8 +21,14 @@ mod tests {
     #[test]
     fn keeps_path_and_query_byte_exact_and_drops_authority() {
         let cases = [
-            ("/api/invoices?updated_at[gt]=2024-01-01T00:00:00Z", "/api/invoices?updated_at[gt]=2024-01-01T00:00:00Z"),
-            ("/api/users?fields=[%22id%22,{%22roles%22:[%22id%22]}]", "/api/users?fields=[%22id%22,{%22roles%22:[%22id%22]}]"),
+            (
+                "/api/invoices?updated_at[gt]=2024-01-01T00:00:00Z",
+                "/api/invoices?updated_at[gt]=2024-01-01T00:00:00Z",
+            ),
+            (
+                "/api/users?fields=[%22id%22,{%22roles%22:[%22id%22]}]",
+                "/api/users?fields=[%22id%22,{%22roles%22:[%22id%22]}]",
+            ),
             ("http://evil.example/api/x?y=1", "/api/x?y=1"),
             ("https://evil.example:8443/api/x", "/api/x"),
             ("/api/a%2Fb?x=%20", "/api/a%2Fb?x=%20"),

@@ -223,8 +223,7 @@ impl TokenCache {
     async fn fetch(&self, client: &Client) -> Result<Token, TokenError> {
         let settings = &self.inner.settings;
         let requested_at = Instant::now();
-        let result =
-            oauth::request_token(&self.inner.http, client, settings.request_timeout).await;
+        let result = oauth::request_token(&self.inner.http, client, settings.request_timeout).await;
         let received_at = Instant::now();
         let mut status = self.status_lock(&client.name);
         status.last_fetch = Some(SystemTime::now());
@@ -266,7 +265,8 @@ impl TokenCache {
             usable_at,
             refresh_at,
             expires_at,
-            expires_at_wall: SystemTime::now() + expires_at.saturating_duration_since(Instant::now()),
+            expires_at_wall: SystemTime::now()
+                + expires_at.saturating_duration_since(Instant::now()),
             serial: self.inner.serial.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }

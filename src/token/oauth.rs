@@ -94,9 +94,10 @@ pub async fn request_token(
 
 async fn request_token_unbounded(http: &HttpClient, client: &Client) -> Result<Grant, TokenError> {
     let request = build_request(client)?;
-    let response = http.request(request).await.map_err(|e| {
-        TokenError::Unreachable(crate::error::chain(&e))
-    })?;
+    let response = http
+        .request(request)
+        .await
+        .map_err(|e| TokenError::Unreachable(crate::error::chain(&e)))?;
     let status = response.status();
     let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
@@ -138,12 +139,18 @@ fn build_request(client: &Client) -> Result<Request<crate::upstream::UpstreamBod
     if client.auth == ClientAuth::Basic {
         // RFC 6749 §2.3.1: both parts form-urlencoded, then Basic.
         let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let creds = format!("{}:{}", enc(&client.client_id), enc(client.client_secret.expose()));
+        let creds = format!(
+            "{}:{}",
+            enc(&client.client_id),
+            enc(client.client_secret.expose())
+        );
         let mut value = HeaderValue::try_from(format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(creds)
         ))
-        .map_err(|_| TokenError::InvalidResponse("client credentials are not header-safe".into()))?;
+        .map_err(|_| {
+            TokenError::InvalidResponse("client credentials are not header-safe".into())
+        })?;
         value.set_sensitive(true);
         builder = builder.header(AUTHORIZATION, value);
     }
@@ -155,8 +162,8 @@ fn build_request(client: &Client) -> Result<Request<crate::upstream::UpstreamBod
 /// Parses and validates a 2xx token response.
 pub fn parse_grant(body: &[u8]) -> Result<Grant, TokenError> {
     let invalid = |m: &str| TokenError::InvalidResponse(m.to_owned());
-    let parsed: TokenResponse =
-        serde_json::from_slice(body).map_err(|_| invalid("body is not a JSON object with token fields"))?;
+    let parsed: TokenResponse = serde_json::from_slice(body)
+        .map_err(|_| invalid("body is not a JSON object with token fields"))?;
     let token = parsed
         .access_token
         .ok_or_else(|| invalid("no `access_token` in the response"))?;
@@ -195,26 +202,33 @@ pub fn parse_grant(body: &[u8]) -> Result<Grant, TokenError> {
 fn parse_expires_in(v: &serde_json::Value) -> Result<Duration, TokenError> {
     let secs: f64 = match v {
         serde_json::Value::Number(n) => n.as_f64().unwrap_or(-1.0),
-        serde_json::Value::String(s) => s.trim().parse().map_err(|_| {
-            TokenError::InvalidResponse("`expires_in` is not a number".into())
-        })?,
-        _ => return Err(TokenError::InvalidResponse("`expires_in` is not a number".into())),
+        serde_json::Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| TokenError::InvalidResponse("`expires_in` is not a number".into()))?,
+        _ => {
+            return Err(TokenError::InvalidResponse(
+                "`expires_in` is not a number".into(),
+            ));
+        }
     };
     if !secs.is_finite() || secs < 1.0 {
         return Err(TokenError::InvalidResponse(
             "`expires_in` is not a positive number of seconds".into(),
         ));
     }
-    Ok(Duration::from_secs_f64(secs.min(MAX_LIFETIME.as_secs_f64())))
+    Ok(Duration::from_secs_f64(
+        secs.min(MAX_LIFETIME.as_secs_f64()),
+    ))
 }
 
 /// RFC 6750 §2.1: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 fn parse_error(status: StatusCode, body: &[u8], secret: &str) -> TokenError {
@@ -240,7 +254,13 @@ fn sanitize(s: &str, secret: &str) -> String {
     };
     let mut out: String = s
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(200)
         .collect();
     if s.chars().count() > 200 {
@@ -255,33 +275,77 @@ mod tests {
 
     #[test]
     fn accepts_coupa_shaped_response() {
-        let g = parse_grant(br#"{"access_token":"eyJhbGciOi.abc-_~+/=","token_type":"bearer","expires_in":86399}"#).unwrap();
+        let g = parse_grant(
+            br#"{"access_token":"eyJhbGciOi.abc-_~+/=","token_type":"bearer","expires_in":86399}"#,
+        )
+        .unwrap();
         assert_eq!(g.expires_in, Duration::from_secs(86399));
         assert!(g.authorization.is_sensitive());
-        assert_eq!(g.authorization.to_str().unwrap(), "Bearer eyJhbGciOi.abc-_~+/=");
+        assert_eq!(
+            g.authorization.to_str().unwrap(),
+            "Bearer eyJhbGciOi.abc-_~+/="
+        );
     }
 
     #[test]
     fn rejects_hostile_tokens_and_lifetimes() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"access_token":"a\r\nX-Evil: 1","token_type":"bearer","expires_in":60}"#, "b64token"),
-            (r#"{"access_token":"a b","token_type":"bearer","expires_in":60}"#, "b64token"),
-            (r#"{"access_token":"a\u0000b","token_type":"bearer","expires_in":60}"#, "b64token"),
-            (r#"{"access_token":"tökén","token_type":"bearer","expires_in":60}"#, "b64token"),
-            (r#"{"access_token":"","token_type":"bearer","expires_in":60}"#, "empty"),
-            (r#"{"token_type":"bearer","expires_in":60}"#, "no `access_token`"),
-            (r#"{"access_token":"abc","token_type":"mac","expires_in":60}"#, "token_type"),
-            (r#"{"access_token":"abc","token_type":"bearer","expires_in":0}"#, "positive"),
-            (r#"{"access_token":"abc","token_type":"bearer","expires_in":-5}"#, "positive"),
-            (r#"{"access_token":"abc","token_type":"bearer","expires_in":"soon"}"#, "not a number"),
+            (
+                r#"{"access_token":"a\r\nX-Evil: 1","token_type":"bearer","expires_in":60}"#,
+                "b64token",
+            ),
+            (
+                r#"{"access_token":"a b","token_type":"bearer","expires_in":60}"#,
+                "b64token",
+            ),
+            (
+                r#"{"access_token":"a\u0000b","token_type":"bearer","expires_in":60}"#,
+                "b64token",
+            ),
+            (
+                r#"{"access_token":"tökén","token_type":"bearer","expires_in":60}"#,
+                "b64token",
+            ),
+            (
+                r#"{"access_token":"","token_type":"bearer","expires_in":60}"#,
+                "empty",
+            ),
+            (
+                r#"{"token_type":"bearer","expires_in":60}"#,
+                "no `access_token`",
+            ),
+            (
+                r#"{"access_token":"abc","token_type":"mac","expires_in":60}"#,
+                "token_type",
+            ),
+            (
+                r#"{"access_token":"abc","token_type":"bearer","expires_in":0}"#,
+                "positive",
+            ),
+            (
+                r#"{"access_token":"abc","token_type":"bearer","expires_in":-5}"#,
+                "positive",
+            ),
+            (
+                r#"{"access_token":"abc","token_type":"bearer","expires_in":"soon"}"#,
+                "not a number",
+            ),
             ("<html>oops</html>", "not a JSON"),
         ];
         for (body, want) in cases {
             let err = parse_grant(body.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(want), "{body} -> {err}");
         }
-        let huge = format!(r#"{{"access_token":"{}","expires_in":60}}"#, "a".repeat(MAX_TOKEN_LEN + 1));
-        assert!(parse_grant(huge.as_bytes()).unwrap_err().to_string().contains("allowed"));
+        let huge = format!(
+            r#"{{"access_token":"{}","expires_in":60}}"#,
+            "a".repeat(MAX_TOKEN_LEN + 1)
+        );
+        assert!(
+            parse_grant(huge.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("allowed")
+        );
     }
 
     #[test]

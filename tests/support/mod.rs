@@ -1,7 +1,7 @@
 //! Shared test harness: a mock Coupa and keybridge on 127.0.0.1:0, a real HTTP client,
 //! and a capture of everything keybridge logs (to check no secret ever appears).
 
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use keybridge::config::Config;
 use keybridge::mock::{MockCoupa, MockHandle};
@@ -161,12 +161,17 @@ pub async fn send_with(
     (parts.status, parts.headers, body)
 }
 
-pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Bytes) {
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes) {
     send(Method::GET, addr, path, headers, Bytes::new()).await
 }
 
 pub fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 /// Sends raw bytes on a fresh connection and returns what came back until close.
