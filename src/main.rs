@@ -43,7 +43,8 @@ async fn async_main(command: Command, config: &std::path::Path) -> anyhow::Resul
         Command::MockCoupa(args) => mock_coupa(args).await,
         Command::Demo(args) => {
             let demo = keybridge::demo::start(&args).await?;
-            println!("{}", keybridge::demo::instructions(&demo));
+            // A closed stdout (piped into `head`, say) must not stop the demo.
+            let _ = write_stdout(&keybridge::demo::instructions(&demo));
             shutdown_signal().await;
             demo.proxy.shutdown().await;
             demo.mock.stop().await;
@@ -87,13 +88,14 @@ fn check(path: &std::path::Path) -> ExitCode {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            println!(
-                "{}: OK ({} instances, {} clients, {} integrations)",
+            let summary = format!(
+                "{}: OK ({} instances, {} clients, {} integrations)\n",
                 path.display(),
                 config.instances.len(),
                 config.clients.len(),
                 config.integrations.len()
             );
+            let _ = write_stdout(&summary);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -114,8 +116,16 @@ fn hash_key() -> anyhow::Result<()> {
         !key.is_empty(),
         "no key on stdin (try: printf %s \"$KEY\" | keybridge hash-key)"
     );
-    println!("{}", Fingerprint::of_key(key.as_bytes()));
-    Ok(())
+    write_stdout(&format!("{}\n", Fingerprint::of_key(key.as_bytes())))
+        .context("writing the fingerprint to stdout")
+}
+
+/// Writes to stdout without panicking when it is closed (unlike `println!`).
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 async fn mock_coupa(args: MockArgs) -> anyhow::Result<()> {

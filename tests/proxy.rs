@@ -234,16 +234,11 @@ async fn coupa_errors_pass_back_unchanged() {
 #[tokio::test]
 async fn unreachable_coupa_gives_502_and_a_hanging_one_504() {
     // Nothing listens on this port.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let closed_addr = closed.local_addr().unwrap();
-    drop(closed);
+    let closed_addr = closed_addr().await;
     let token_mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&format!("http://{closed_addr}"), "").replace(
-        "base_url:",
-        &format!(
-            "token_url: {}/oauth2/token\n    base_url:",
-            token_mock.base_url()
-        ),
+    let yaml = with_token_url(
+        &config_yaml(&format!("http://{closed_addr}"), ""),
+        &token_mock.base_url(),
     );
     let proxy = start_proxy(&yaml).await;
     wait_ready(proxy.admin_addr).await;
@@ -266,16 +261,12 @@ async fn unreachable_coupa_gives_502_and_a_hanging_one_504() {
             held.push(s);
         }
     });
-    let yaml = config_yaml(
-        &format!("http://{hang_addr}"),
-        "upstream:\n  response_timeout: 300ms\n",
-    )
-    .replace(
-        "base_url:",
-        &format!(
-            "token_url: {}/oauth2/token\n    base_url:",
-            token_mock.base_url()
+    let yaml = with_token_url(
+        &config_yaml(
+            &format!("http://{hang_addr}"),
+            "upstream:\n  response_timeout: 300ms\n",
         ),
+        &token_mock.base_url(),
     );
     let proxy = start_proxy(&yaml).await;
     wait_ready(proxy.admin_addr).await;

@@ -190,12 +190,10 @@ async fn readiness_waits_for_settled_tokens() {
 #[tokio::test]
 async fn token_endpoint_down_gives_503_naming_the_client_without_the_secret() {
     let api = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let closed_addr = closed.local_addr().unwrap();
-    drop(closed);
-    let yaml = config_yaml(&api.base_url(), "").replace(
-        "base_url:",
-        &format!("token_url: http://{closed_addr}/oauth2/token\n    base_url:"),
+    let closed_addr = closed_addr().await;
+    let yaml = with_token_url(
+        &config_yaml(&api.base_url(), ""),
+        &format!("http://{closed_addr}"),
     );
     let proxy = start_proxy(&yaml).await;
     let started = Instant::now();

@@ -67,10 +67,7 @@ fn yaml_for(mock_url: &str, https_base: &str, ca_file: Option<&Path>) -> String 
         Some(p) => format!("upstream:\n  ca_file: {}\n", p.display()),
         None => String::new(),
     };
-    config_yaml(https_base, &extra).replace(
-        "base_url:",
-        &format!("token_url: {mock_url}/oauth2/token\n    base_url:"),
-    )
+    with_token_url(&config_yaml(https_base, &extra), mock_url)
 }
 
 #[tokio::test]

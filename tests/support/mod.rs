@@ -188,3 +188,19 @@ pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// An address nothing listens on.
+pub async fn closed_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// Points the `prod` instance's token endpoint at `token_base` (API stays at base_url).
+pub fn with_token_url(yaml: &str, token_base: &str) -> String {
+    yaml.replace(
+        "base_url:",
+        &format!("token_url: {token_base}/oauth2/token\n    base_url:"),
+    )
+}

@@ -1,0 +1,86 @@
+//! A newcomer runs `keybridge demo`, follows the printed curl line, and stops it with
+//! SIGTERM: the key is swapped for a bearer and the process exits cleanly. The test
+//! closes the demo's stdout after reading the instructions, as `| head` would.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use http::StatusCode;
+use support::*;
+
+fn addr_after(text: &str, label: &str) -> SocketAddr {
+    let line = text.lines().find(|l| l.starts_with(label)).unwrap();
+    line.rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_demo_swaps_the_key_and_stops_cleanly_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args([
+            "demo",
+            "--listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+            "--mock-listen=127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("Ctrl-C to stop") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .unwrap();
+    let proxy = addr_after(&text, "proxy:");
+    let admin = addr_after(&text, "admin:");
+    wait_ready(admin).await;
+
+    let key = keybridge::demo::DEMO_API_KEY;
+    assert!(
+        text.contains(key),
+        "the printed curl commands carry the demo key"
+    );
+    let (status, _, body) = get(proxy, "/api/invoices/42", &[("x-coupa-api-key", key)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["auth"], "bearer");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(key), "the key is never logged");
+}
