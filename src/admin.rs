@@ -1,33 +1,42 @@
-//! The admin listener: liveness and readiness (more endpoints come later).
+//! The admin listener: health, readiness, the audit, metrics, token status and the
+//! migration dashboard.
 //!
-//! `/healthz` answers 200 while the process serves. `/readyz` answers 200 once every
-//! client holds a settled token (fetched at start-up), 503 otherwise with the reason
-//! per client. Nothing here ever shows a token or a secret.
+//! - `/healthz`: 200 while the process serves.
+//! - `/readyz`: 200 once every client holds a settled token, else 503 with reasons.
+//! - `/audit`: the audit report as JSON (the same data as `keybridge audit`).
+//! - `/metrics`: Prometheus text format.
+//! - `/tokens`: per client, token held/settled/expiry, fetch history, last error.
+//! - `/`: the dashboard (HTML + inline JS/CSS, no external assets).
+//!
+//! Nothing here ever shows a token, a secret or a raw key.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::error::json_error;
+use crate::metrics::Metrics;
 use crate::token::TokenCache;
 
-pub struct AdminState {
-    tokens: TokenCache,
-}
+/// The dashboard page, compiled into the binary.
+const DASHBOARD_HTML: &str = include_str!("admin/dashboard.html");
 
-impl AdminState {
-    pub fn new(tokens: TokenCache, _config: &Config) -> Self {
-        AdminState { tokens }
-    }
+pub struct AdminState {
+    pub tokens: TokenCache,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
 }
 
 type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
@@ -57,8 +66,30 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
         );
     }
     match req.uri().path() {
-        "/healthz" => json(StatusCode::OK, json!({"status": "ok"})),
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            DASHBOARD_HTML.into(),
+        ),
+        "/healthz" => json(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => readyz(state).await,
+        "/tokens" => tokens(state).await,
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.encode().into(),
+        ),
+        "/audit" => match state.audit.report(&state.config).await {
+            Ok(report) => json(StatusCode::OK, &report),
+            Err(e) => {
+                tracing::error!(error = %e, "audit read failed");
+                json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "audit_unavailable",
+                    "the audit store could not be read; see keybridge logs",
+                )
+            }
+        },
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
 }
@@ -81,14 +112,68 @@ async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     };
-    json(status, json!({"status": word, "clients": clients}))
+    json(status, &json!({"status": word, "clients": clients}))
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+async fn tokens(state: &AdminState) -> Response<Full<Bytes>> {
+    let now = SystemTime::now();
+    let mut clients = serde_json::Map::new();
+    for (name, r) in state.tokens.status().await {
+        let settle = if !r.held {
+            "none"
+        } else if r.ready {
+            "settled"
+        } else {
+            "settling"
+        };
+        let client = state.config.clients.get(&*name);
+        clients.insert(
+            name.to_string(),
+            json!({
+                "instance": client.map(|c| c.instance.name.to_string()),
+                "client_id": client.map(|c| c.client_id.clone()),
+                "scopes": client.map(|c| c.scopes.clone()),
+                "token_held": r.held,
+                "settle_state": settle,
+                "expires_at": r.expires_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                "expires_in_seconds": r.expires_at.map(|t| t.duration_since(now).map(|d| d.as_secs()).unwrap_or(0)),
+                "last_fetch": r.history.last_fetch.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                "fetches_ok": r.history.fetches_ok,
+                "fetches_failed": r.history.fetches_failed,
+                "last_error": r.history.last_error.as_ref().map(|e| e.to_string()),
+            }),
+        );
+    }
+    json(StatusCode::OK, &json!({ "clients": clients }))
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => respond(status, "application/json", bytes.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise admin response");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "serialisation failed",
+            )
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"),
+    );
     response
 }

@@ -33,11 +33,162 @@ pub struct Config {
     pub instances: BTreeMap<String, Arc<Instance>>,
     pub clients: BTreeMap<String, Arc<Client>>,
     pub integrations: Vec<Arc<Integration>>,
+    /// What to do with keys no integration owns.
+    pub unknown_keys: UnknownKeys,
+    /// What to do with callers that send `Authorization: Bearer` and no key.
+    pub bearer_requests: BearerRequests,
+    /// Where unknown keys (in `observe`) and native bearer requests go.
+    pub default_instance: Option<Arc<Instance>>,
+    pub cutover: CutoverSettings,
+    pub audit: AuditSettings,
     pub token: TokenSettings,
     pub upstream: UpstreamSettings,
     pub server: ServerSettings,
     /// Things that are allowed but probably unintended (logged at start-up).
     pub warnings: Vec<String>,
+}
+
+/// An integration's migration stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Forward with the API key, unchanged; record.
+    Observe,
+    /// As `observe`, plus replay sampled GET/HEAD requests with OAuth in the background
+    /// and record where the status differs.
+    Shadow,
+    /// `canary_percent` of requests on OAuth, falling back to the key on 401/403.
+    Canary,
+    /// Always OAuth.
+    #[default]
+    Oauth,
+    /// Nothing forwarded: 403 telling the caller to move to OAuth.
+    Deny,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Shadow => "shadow",
+            Mode::Canary => "canary",
+            Mode::Oauth => "oauth",
+            Mode::Deny => "deny",
+        }
+    }
+}
+
+/// Policy for keys that match no integration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownKeys {
+    /// 401, nothing forwarded.
+    #[default]
+    Reject,
+    /// Forward with the key to `default_instance` and record the key's fingerprint.
+    Observe,
+}
+
+/// Policy for callers that already use OAuth (bearer, no key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BearerRequests {
+    /// Forward unchanged to `default_instance` (recorded as `native`).
+    #[default]
+    Forward,
+    /// 401.
+    Reject,
+}
+
+/// Cutover mechanics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CutoverSettings {
+    /// Request bodies up to this size (by Content-Length) are buffered so a 401/403
+    /// can be retried; larger or chunked bodies stream and are not replayed.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub replay_body_limit: u64,
+    /// Upper bound on shadow replays per second, across all integrations.
+    pub shadow_max_per_second: u32,
+}
+
+impl Default for CutoverSettings {
+    fn default() -> Self {
+        CutoverSettings {
+            replay_body_limit: 1024 * 1024,
+            shadow_max_per_second: 10,
+        }
+    }
+}
+
+/// The migration audit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Record requests at all (turn off only to measure the audit's cost).
+    pub enabled: bool,
+    /// SQLite file; relative paths are relative to the working directory.
+    pub path: PathBuf,
+    /// In-memory aggregates are written this often (a crash loses at most this much).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// An integration in `oauth` with no key-based request for this long is ready to
+    /// have its key disabled in Coupa.
+    #[serde(with = "humantime_serde")]
+    pub ready_after: Duration,
+    /// Distinct unknown-key fingerprints tracked; more are counted together.
+    pub max_unknown_keys: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            enabled: true,
+            path: PathBuf::from("keybridge-audit.db"),
+            flush_interval: Duration::from_secs(10),
+            ready_after: Duration::from_secs(7 * 24 * 3600),
+            max_unknown_keys: 1000,
+        }
+    }
+}
+
+/// Accepts `1048576`, `"512KiB"`, `"1MiB"`, `"2MB"`.
+fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(n),
+        Raw::Text(t) => parse_byte_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+pub fn parse_byte_size(t: &str) -> Result<u64, String> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{t}` is not a size (e.g. 1MiB, 512KiB, 1048576)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1000 * 1000,
+        "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{t}` is too large"))
 }
 
 /// A Coupa instance: where API calls and token requests go.
@@ -94,7 +245,16 @@ pub struct Client {
 pub struct Integration {
     pub name: Arc<str>,
     pub fingerprint: Fingerprint,
-    pub client: Arc<Client>,
+    pub mode: Mode,
+    /// The OAuth client (required except in `observe` and `deny`).
+    pub client: Option<Arc<Client>>,
+    /// Where its requests go: the client's instance, or `instance:` when there is no
+    /// client yet. `None` only for a `deny` integration with neither.
+    pub instance: Option<Arc<Instance>>,
+    /// Share of GET/HEAD requests replayed with OAuth in `shadow` (0–100).
+    pub shadow_percent: u8,
+    /// Share of requests sent with OAuth in `canary` (0–100).
+    pub canary_percent: u8,
 }
 
 /// Token cache behaviour.
@@ -170,6 +330,8 @@ pub struct ServerSettings {
     /// In-flight requests get this long to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// One JSON line per request on the `keybridge::access` target.
+    pub access_log: bool,
 }
 
 impl Default for ServerSettings {
@@ -177,6 +339,7 @@ impl Default for ServerSettings {
         ServerSettings {
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            access_log: true,
         }
     }
 }
@@ -237,6 +400,15 @@ struct RawConfig {
     #[serde(default)]
     integrations: Vec<RawIntegration>,
     #[serde(default)]
+    unknown_keys: UnknownKeys,
+    #[serde(default)]
+    bearer_requests: BearerRequests,
+    default_instance: Option<String>,
+    #[serde(default)]
+    cutover: CutoverSettings,
+    #[serde(default)]
+    audit: AuditSettings,
+    #[serde(default)]
     token: TokenSettings,
     #[serde(default)]
     upstream: UpstreamSettings,
@@ -278,7 +450,12 @@ struct RawIntegration {
     name: String,
     api_key_sha256: Option<String>,
     api_key: Option<Secret>,
-    client: String,
+    client: Option<String>,
+    instance: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    shadow_percent: Option<u8>,
+    canary_percent: Option<u8>,
 }
 
 impl Config {
@@ -401,6 +578,12 @@ impl RawConfig {
         if self.token.settle_delay > Duration::from_secs(60) {
             v.error("token.settle_delay", "must be at most 60s");
         }
+        if self.token.refresh_before_expiry < self.token.settle_delay + Duration::from_secs(30) {
+            v.error(
+                "token.refresh_before_expiry",
+                "must be at least settle_delay + 30s, or a refreshed token could not settle before the old one expires",
+            );
+        }
         if self.token.request_timeout.is_zero() {
             v.error("token.request_timeout", "must be greater than 0");
         }
@@ -449,7 +632,8 @@ impl RawConfig {
                     ),
                 );
             }
-            let Some(integration) = raw.validate(&field, &clients, &declared_clients, &mut v)
+            let Some(integration) =
+                raw.validate(&field, &instances, &clients, &declared_clients, &mut v)
             else {
                 continue;
             };
@@ -466,6 +650,45 @@ impl RawConfig {
             integrations.push(Arc::new(integration));
         }
 
+        let default_instance = match &self.default_instance {
+            Some(name) => {
+                let found = instances.get(name).cloned();
+                if found.is_none() && !v.errors.iter().any(|e| e.field.starts_with("instances")) {
+                    v.error(
+                        "default_instance",
+                        format!(
+                            "instance `{name}` is not defined under `instances` (defined: {})",
+                            list(instances.keys())
+                        ),
+                    );
+                }
+                found
+            }
+            // With one instance there is no doubt where unmatched traffic belongs.
+            None if instances.len() == 1 => instances.values().next().cloned(),
+            None => None,
+        };
+        if default_instance.is_none() && self.default_instance.is_none() && instances.len() > 1 {
+            if self.unknown_keys == UnknownKeys::Observe {
+                v.error(
+                    "default_instance",
+                    "required with `unknown_keys: observe` when there are several instances",
+                );
+            }
+            if self.bearer_requests == BearerRequests::Forward {
+                v.error(
+                    "default_instance",
+                    "required with `bearer_requests: forward` (the default) when there are several instances; or set `bearer_requests: reject`",
+                );
+            }
+        }
+        if self.cutover.shadow_max_per_second == 0 {
+            v.error("cutover.shadow_max_per_second", "must be at least 1");
+        }
+        if self.audit.flush_interval < Duration::from_millis(100) {
+            v.error("audit.flush_interval", "must be at least 100ms");
+        }
+
         if !v.errors.is_empty() {
             return Err(ConfigError::Invalid(v.errors));
         }
@@ -475,6 +698,11 @@ impl RawConfig {
             instances,
             clients,
             integrations,
+            unknown_keys: self.unknown_keys,
+            bearer_requests: self.bearer_requests,
+            default_instance,
+            cutover: self.cutover,
+            audit: self.audit,
             token: self.token,
             upstream: self.upstream,
             server: self.server,
@@ -634,6 +862,7 @@ impl RawIntegration {
     fn validate(
         self,
         field: &str,
+        instances: &BTreeMap<String, Arc<Instance>>,
         clients: &BTreeMap<String, Arc<Client>>,
         declared_clients: &[String],
         v: &mut Validator,
@@ -641,17 +870,113 @@ impl RawIntegration {
         if self.name.trim().is_empty() {
             v.error(format!("{field}.name"), "must not be empty");
         }
-        let client = clients.get(&self.client).cloned();
-        // A client that is declared but invalid has its own error already.
-        if client.is_none() && !declared_clients.contains(&self.client) {
+        let mut ok = true;
+        let client = match &self.client {
+            Some(name) => {
+                let found = clients.get(name).cloned();
+                // A client that is declared but invalid has its own error already.
+                if found.is_none() {
+                    ok = false;
+                    if !declared_clients.contains(name) {
+                        v.error(
+                            format!("{field}.client"),
+                            format!(
+                                "client `{name}` is not defined under `clients` (defined: {})",
+                                list(declared_clients.iter())
+                            ),
+                        );
+                    }
+                }
+                found
+            }
+            None => None,
+        };
+        let explicit_instance = match &self.instance {
+            Some(name) => {
+                let found = instances.get(name).cloned();
+                if found.is_none() {
+                    ok = false;
+                    v.error(
+                        format!("{field}.instance"),
+                        format!(
+                            "instance `{name}` is not defined under `instances` (defined: {})",
+                            list(instances.keys())
+                        ),
+                    );
+                }
+                found
+            }
+            None => None,
+        };
+        let mode = self.mode;
+        if self.client.is_none() && matches!(mode, Mode::Shadow | Mode::Canary | Mode::Oauth) {
+            ok = false;
             v.error(
                 format!("{field}.client"),
                 format!(
-                    "client `{}` is not defined under `clients` (defined: {})",
-                    self.client,
-                    list(declared_clients.iter())
+                    "mode `{}` needs an OAuth client (only `observe` and `deny` work without one)",
+                    mode.as_str()
                 ),
             );
+        }
+        if let (Some(c), Some(i)) = (&client, &explicit_instance) {
+            if !Arc::ptr_eq(&c.instance, i) {
+                ok = false;
+                v.error(
+                    format!("{field}.instance"),
+                    format!(
+                        "`{}` differs from client `{}`'s instance `{}`; drop `instance:` (the client decides)",
+                        i.name, c.name, c.instance.name
+                    ),
+                );
+            }
+        }
+        if self.client.is_none() && self.instance.is_none() && mode == Mode::Observe {
+            ok = false;
+            v.error(
+                field,
+                "mode `observe` without a client needs `instance:` (where to forward)",
+            );
+        }
+        let shadow_percent = match (mode, self.shadow_percent) {
+            (Mode::Shadow, p) => p.unwrap_or(100),
+            (_, None) => 0,
+            (_, Some(_)) => {
+                v.error(
+                    format!("{field}.shadow_percent"),
+                    "only applies to `mode: shadow`",
+                );
+                0
+            }
+        };
+        let canary_percent = match (mode, self.canary_percent) {
+            (Mode::Canary, Some(p)) => p,
+            (Mode::Canary, None) => {
+                v.error(
+                    format!("{field}.canary_percent"),
+                    "`mode: canary` needs `canary_percent` (0-100)",
+                );
+                0
+            }
+            (_, None) => 0,
+            (_, Some(_)) => {
+                v.error(
+                    format!("{field}.canary_percent"),
+                    "only applies to `mode: canary`",
+                );
+                0
+            }
+        };
+        for (name, p) in [
+            ("shadow_percent", shadow_percent),
+            ("canary_percent", canary_percent),
+        ] {
+            if p > 100 {
+                v.error(
+                    format!("{field}.{name}"),
+                    format!("{p} is not a percentage (0-100)"),
+                );
+            }
         }
         let fingerprint = match (self.api_key_sha256, self.api_key) {
             (Some(_), Some(_)) => {
@@ -684,10 +1009,21 @@ impl RawIntegration {
                 }
             }
         };
+        if !ok {
+            return None;
+        }
+        let instance = client
+            .as_ref()
+            .map(|c| Arc::clone(&c.instance))
+            .or(explicit_instance);
         Some(Integration {
             name: self.name.into(),
             fingerprint: fingerprint?,
-            client: client?,
+            mode,
+            client,
+            instance,
+            shadow_percent,
+            canary_percent,
         })
     }
 }

@@ -48,7 +48,13 @@ integrations:
     client: demo-client
 token:
   settle_delay: 1s
+audit:
+  path: {audit}
+  flush_interval: 2s
 "#,
+        audit = std::env::temp_dir()
+            .join("keybridge-demo-audit.db")
+            .display(),
         listen = args.listen,
         admin = args.admin_listen,
         base = mock.base_url(),
@@ -75,8 +81,9 @@ pub fn instructions(demo: &Demo) -> String {
          admin:       http://{a}\n\n\
          Config in use (the secret comes from $DEMO_CLIENT_SECRET):\n\n{cfg}\n\
          Try it:\n\
+         \x20 open http://{a}/ in a browser for the migration dashboard\n\
          \x20 curl -s http://{a}/readyz\n\
-         \x20 curl -sg -H 'X-COUPA-API-KEY: {key}' -H 'Accept: application/json' 'http://{p}/api/invoices/42?fields=[\"id\"]'\n\
+         \x20 curl -sg -H 'X-COUPA-API-KEY: {key}' -H 'Accept: application/json' 'http://{p}/api/invoices/42?fields=[%22id%22]'\n\
          \x20 curl -s -X POST -H 'X-COUPA-API-KEY: {key}' -H 'Content-Type: application/json' -d '{{\"invoice-number\":\"INV-1\"}}' http://{p}/api/invoices\n\
          \x20 curl -s -H 'X-COUPA-API-KEY: wrong-key' http://{p}/api/invoices      # 401, never reaches Coupa\n\
          \x20 curl -s -H 'X-COUPA-API-KEY: {key}' http://{p}/api/suppliers         # 403 from Coupa: the client lacks core.supplier.read\n\n\

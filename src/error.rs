@@ -24,6 +24,14 @@ pub enum ProxyError {
     AmbiguousApiKey,
     #[error("API key {fingerprint} is not configured")]
     UnknownApiKey { fingerprint: String },
+    #[error("callers sending their own bearer token are not accepted (bearer_requests: reject)")]
+    BearerRejected,
+    #[error("integration `{integration}` is denied: it must move to OAuth")]
+    Denied { integration: Arc<str> },
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
+    #[error("integration `{integration}` has no Coupa instance to forward to")]
+    NoInstance { integration: Arc<str> },
     #[error("method {0} is not supported by this proxy")]
     MethodNotAllowed(http::Method),
     #[error("protocol upgrades are not supported by this proxy")]
@@ -60,6 +68,28 @@ impl ProxyError {
                 StatusCode::UNAUTHORIZED,
                 "unknown_api_key",
                 format!("API key with fingerprint {fingerprint} is not known to keybridge"),
+            ),
+            ProxyError::BearerRejected => (
+                StatusCode::UNAUTHORIZED,
+                "bearer_not_accepted",
+                "this keybridge only accepts X-COUPA-API-KEY callers; send bearer tokens to Coupa directly".into(),
+            ),
+            ProxyError::Denied { integration } => (
+                StatusCode::FORBIDDEN,
+                "integration_denied",
+                format!(
+                    "integration `{integration}` may no longer use an API key: it must move to an OAuth 2.0 client (ask your Coupa integration admin)"
+                ),
+            ),
+            ProxyError::ClientBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad_request_body",
+                "the request body could not be read".into(),
+            ),
+            ProxyError::NoInstance { integration } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_instance",
+                format!("integration `{integration}` has no Coupa instance configured"),
             ),
             ProxyError::MethodNotAllowed(m) => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -7,11 +7,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-
-use crate::config::Integration;
 
 /// The SHA-256 digest of an API key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,23 +55,22 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// Fingerprint → integration. Built once per configuration.
-#[derive(Debug, Default)]
-pub struct KeyMap {
-    by_fingerprint: HashMap<Fingerprint, Arc<Integration>>,
+/// Fingerprint → value (the integration and what the proxy keeps beside it). Built
+/// once per configuration.
+#[derive(Debug)]
+pub struct KeyMap<V> {
+    by_fingerprint: HashMap<Fingerprint, V>,
 }
 
-impl KeyMap {
-    pub fn new(integrations: &[Arc<Integration>]) -> Self {
-        let by_fingerprint = integrations
-            .iter()
-            .map(|i| (i.fingerprint, Arc::clone(i)))
-            .collect();
-        KeyMap { by_fingerprint }
+impl<V> KeyMap<V> {
+    pub fn new(entries: impl IntoIterator<Item = (Fingerprint, V)>) -> Self {
+        KeyMap {
+            by_fingerprint: entries.into_iter().collect(),
+        }
     }
 
-    /// The integration that owns `key`, if any.
-    pub fn lookup(&self, key: &[u8]) -> (Fingerprint, Option<&Arc<Integration>>) {
+    /// The entry for the raw `key`, with the key's fingerprint.
+    pub fn lookup(&self, key: &[u8]) -> (Fingerprint, Option<&V>) {
         let fp = Fingerprint::of_key(key);
         (fp, self.by_fingerprint.get(&fp))
     }

@@ -15,11 +15,14 @@
 //! [`mock`] is a mock Coupa for tests and the [`demo`].
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod cutover;
 pub mod demo;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod mock;
 pub mod proxy;
 pub mod scopes;

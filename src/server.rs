@@ -21,8 +21,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::audit::Audit;
+use crate::audit::store::StoreError;
 use crate::config::{Config, ServerSettings};
-use crate::keys::KeyMap;
+use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Shared};
 use crate::stack;
 use crate::token::TokenCache;
@@ -38,6 +40,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Audit(#[from] StoreError),
 }
 
 /// A started keybridge: its bound addresses and the means to stop it.
@@ -45,14 +49,17 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub tokens: TokenCache,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    flusher: JoinHandle<()>,
     _refreshers: Refreshers,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish (up to the grace period) and
-    /// waits for both listeners to close.
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), waits
+    /// for both listeners to close and writes the last audit window.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -60,20 +67,34 @@ impl Running {
                 tracing::error!(error = %e, "listener task ended abnormally");
             }
         }
+        self.flusher.abort();
+        if let Err(e) = self.audit.flush().await {
+            tracing::error!(error = %e, "final audit flush failed");
+        }
     }
 }
 
 /// Builds state, binds listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
     let http = upstream::build_client(&config.upstream)?;
-    let tokens = TokenCache::new(config.clients.values(), http.clone(), config.token.clone());
+    let tokens = TokenCache::new(
+        config.clients.values(),
+        http.clone(),
+        config.token.clone(),
+        Arc::clone(&metrics),
+    );
+    let audit = Arc::new(Audit::open(&config)?);
     let refreshers = tokens.spawn_refreshers();
-    let shared = Arc::new(Shared {
-        keys: KeyMap::new(&config.integrations),
-        tokens: tokens.clone(),
+    let flusher = audit.spawn_flusher(config.audit.flush_interval);
+    let shared = Arc::new(Shared::new(
+        Arc::clone(&config),
+        tokens.clone(),
         http,
-        upstream: config.upstream.clone(),
-    });
+        Arc::clone(&audit.recorder),
+        Arc::clone(&metrics),
+    ));
 
     let proxy_listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
@@ -89,7 +110,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.server.clone(),
         signalled(rx.clone()),
     ));
-    let admin_state = Arc::new(admin::AdminState::new(tokens.clone(), &config));
+    let admin_state = Arc::new(admin::AdminState {
+        tokens: tokens.clone(),
+        audit: Arc::clone(&audit),
+        metrics: Arc::clone(&metrics),
+        config: Arc::clone(&config),
+    });
     let admin_task = tokio::spawn(serve(
         admin_listener,
         move |_peer| admin::service(Arc::clone(&admin_state)),
@@ -107,8 +133,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_addr,
         admin_addr,
         tokens,
+        audit,
+        metrics,
         shutdown,
         tasks: vec![proxy_task, admin_task],
+        flusher,
         _refreshers: refreshers,
     })
 }

@@ -100,7 +100,10 @@ async fn unknown_or_missing_key_is_rejected_without_reaching_coupa() {
             "unknown_api_key",
         ),
         (&[], "missing_api_key"),
-        (&[("authorization", "Bearer stolen")], "missing_api_key"),
+        (
+            &[("authorization", "Basic dXNlcjpwdw==")],
+            "missing_api_key",
+        ),
     ];
     for (headers, code) in cases {
         let (status, h, body) = get(proxy.proxy_addr, "/api/invoices", headers).await;

@@ -86,7 +86,12 @@ async fn the_cache_alone_collapses_concurrent_fetches() {
         .unwrap();
     let config = parse(&config_yaml(&mock.base_url(), ""));
     let http = keybridge::upstream::build_client(&config.upstream).unwrap();
-    let cache = TokenCache::new(config.clients.values(), http, config.token.clone());
+    let cache = TokenCache::new(
+        config.clients.values(),
+        http,
+        config.token.clone(),
+        std::sync::Arc::new(keybridge::metrics::Metrics::new()),
+    );
     let barrier = Arc::new(tokio::sync::Barrier::new(200));
     let tasks: Vec<_> = (0..200)
         .map(|_| {

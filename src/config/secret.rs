@@ -38,9 +38,37 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Accepts strings and (unquoted) numbers; every error omits the value, which serde's
+/// default "invalid type: integer `123…`" message would otherwise print.
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret::new)
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (quote it)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(
+                    "a secret must be a string (quote it); the value is not shown",
+                ))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(
+                    "a secret must be a string (quote it); the value is not shown",
+                ))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -55,5 +83,19 @@ mod tests {
         assert!(!format!("{s}").contains("hunter2"));
         assert!(!format!("{:?}", Some(&s)).contains("hunter2"));
         assert_eq!(s.expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn numeric_secrets_are_accepted_and_errors_never_echo() {
+        let s: Secret = serde_yaml_ng::from_str("839201748392017483").unwrap();
+        assert_eq!(s.expose(), "839201748392017483");
+        let err = serde_yaml_ng::from_str::<Secret>("8392017.5")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("8392017"), "{err}");
+        let err = serde_yaml_ng::from_str::<Secret>("[a, b]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a string"), "{err}");
     }
 }

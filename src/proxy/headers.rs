@@ -73,23 +73,65 @@ pub fn strip_api_keys(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites a caller's headers into the upstream request's headers.
-pub fn rewrite_request(headers: &mut HeaderMap, bearer: &HeaderValue, peer: IpAddr) {
+/// What every forwarded request gets: hop-by-hop headers, key headers (any spelling),
+/// `Host`, framing and `Expect` removed; the caller's address appended to
+/// `X-Forwarded-For`. The caller's `Authorization` is left for the caller to decide on.
+pub fn sanitize_request(headers: &mut HeaderMap, peer: IpAddr) {
     strip_hop_by_hop(headers);
     strip_api_keys(headers);
-    headers.remove(AUTHORIZATION);
     headers.remove(HOST); // the client sets it from the instance URI
     headers.remove(CONTENT_LENGTH); // framing is hyper's to generate
     headers.remove(EXPECT); // 100-continue was settled with the caller already
-    headers.insert(AUTHORIZATION, bearer.clone());
     append_forwarded_for(headers, peer);
+}
+
+/// The credential a forwarded request carries.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// `Authorization: Bearer …` (our token).
+    Bearer(&'a HeaderValue),
+    /// `X-COUPA-API-KEY` (the caller's own key, for observe/fallback).
+    Key(&'a HeaderValue),
+    /// Whatever `Authorization` the caller sent (native bearer callers).
+    Caller,
+}
+
+/// Sets exactly one credential on already-sanitized headers. Runs after
+/// [`sanitize_request`], so nothing the caller listed in `Connection` can remove it.
+pub fn set_credential(headers: &mut HeaderMap, credential: Credential<'_>) {
+    match credential {
+        Credential::Bearer(bearer) => {
+            headers.remove(AUTHORIZATION);
+            headers.insert(AUTHORIZATION, bearer.clone());
+        }
+        Credential::Key(key) => {
+            headers.remove(AUTHORIZATION);
+            headers.insert(&X_COUPA_API_KEY, key.clone());
+        }
+        Credential::Caller => {}
+    }
+}
+
+/// Rewrites a caller's headers for an OAuth request: sanitized, then our bearer.
+pub fn rewrite_request(headers: &mut HeaderMap, bearer: &HeaderValue, peer: IpAddr) {
+    sanitize_request(headers, peer);
+    set_credential(headers, Credential::Bearer(bearer));
 }
 
 /// Appends the caller's address to `X-Forwarded-For`.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
-        _ => peer.to_string(),
+    // Several header lines form one list (RFC 9110 §5.3); keep all of them.
+    let prior: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = if prior.is_empty() {
+        peer.to_string()
+    } else {
+        format!("{}, {peer}", prior.join(", "))
     };
     headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::try_from(value) {
@@ -156,6 +198,24 @@ mod tests {
         }
         assert_eq!(h["accept"], "application/xml");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+    }
+
+    #[test]
+    fn key_credential_is_the_one_key_and_no_authorization() {
+        let mut h = map(&[
+            ("x-coupa-api-key", "k"),
+            ("x_coupa_api_key", "other"),
+            ("authorization", "Basic Zm9v"),
+            ("connection", "x-coupa-api-key"),
+        ]);
+        sanitize_request(&mut h, "10.0.0.1".parse().unwrap());
+        let key = HeaderValue::from_static("k");
+        set_credential(&mut h, Credential::Key(&key));
+        assert_eq!(
+            h.get_all("x-coupa-api-key").iter().collect::<Vec<_>>(),
+            [&key]
+        );
+        assert!(!h.contains_key("x_coupa_api_key") && !h.contains_key(AUTHORIZATION));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::oauth::{self, TokenError};
 use crate::config::{Client, TokenSettings};
+use crate::metrics::Metrics;
 use crate::upstream::HttpClient;
 
 /// A cached access token and its timetable.
@@ -100,7 +101,11 @@ pub struct ClientStatus {
     pub fetches_failed: u64,
     pub last_fetch: Option<SystemTime>,
     pub last_error: Option<TokenError>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
     last_failure_at: Option<Instant>,
+    /// No new fetch before this (jittered exponential backoff after failures).
+    retry_at: Option<Instant>,
 }
 
 struct Inner {
@@ -110,6 +115,7 @@ struct Inner {
     http: HttpClient,
     settings: TokenSettings,
     serial: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// The token cache. Cheap to clone.
@@ -134,6 +140,7 @@ impl TokenCache {
         clients: impl IntoIterator<Item = &'a Arc<Client>>,
         http: HttpClient,
         settings: TokenSettings,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let clients: HashMap<Arc<str>, Arc<Client>> = clients
             .into_iter()
@@ -154,6 +161,7 @@ impl TokenCache {
                 http,
                 settings,
                 serial: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -164,17 +172,31 @@ impl TokenCache {
         if let Some(slot) = self.inner.cache.get(client).await {
             match slot.serving(Instant::now()) {
                 Serving::Ready(token) => return Ok(token),
-                Serving::Settling(token) => return Ok(wait_settled(token).await),
+                Serving::Settling(token) => {
+                    if let Some(token) = wait_settled(token).await {
+                        return Ok(token);
+                    }
+                }
                 Serving::Expired => {}
             }
         }
-        let slot = self.refresh(client).await?;
+        // The fetch runs in its own task: a caller that gives up (client disconnect)
+        // must not abort a fetch other callers are queued behind.
+        let cache = self.clone();
+        let name = client.to_owned();
+        let slot = tokio::spawn(async move { cache.refresh(&name).await })
+            .await
+            .map_err(|e| TokenError::Unreachable(format!("token fetch task failed: {e}")))??;
+        let expired = || {
+            TokenError::InvalidResponse(
+                "token expired before it could be used (expires_in shorter than the settle delay?)"
+                    .into(),
+            )
+        };
         match slot.serving(Instant::now()) {
             Serving::Ready(token) => Ok(token),
-            Serving::Settling(token) => Ok(wait_settled(token).await),
-            Serving::Expired => Err(TokenError::InvalidResponse(
-                "token expired as soon as it was issued (check expires_in)".into(),
-            )),
+            Serving::Settling(token) => wait_settled(token).await.ok_or_else(expired),
+            Serving::Expired => Err(expired()),
         }
     }
 
@@ -192,13 +214,16 @@ impl TokenCache {
             .entry(Arc::clone(&client.name))
             .and_try_compute_with(|entry| async move {
                 let old = entry.map(|e| e.into_value());
+                let now = Instant::now();
                 if let Some(slot) = &old {
-                    if Instant::now() < slot.current.refresh_at {
+                    if now < slot.current.refresh_at && now < slot.current.expires_at {
                         return Ok(Op::Nop); // someone refreshed while we queued
                     }
                 }
-                if let Some(err) = self.failed_since(name, queued_at) {
-                    return Err(err); // a fetch failed while we queued: share its result
+                if let Some(err) = self.recent_failure(name, queued_at, now) {
+                    // A fetch failed while we queued, or we are inside the backoff
+                    // after a failure: share that result instead of asking again.
+                    return Err(err);
                 }
                 let token = self.fetch(client).await?;
                 let previous = old
@@ -220,6 +245,45 @@ impl TokenCache {
         }
     }
 
+    /// Drops `client`'s token after Coupa refused it (401), but only if the cached
+    /// token is still the one refused: a storm of 401s for one token causes one
+    /// refetch, and a token fetched meanwhile is kept.
+    pub async fn invalidate(&self, client: &str, serial: u64) {
+        let Some(name) = self
+            .inner
+            .clients
+            .get_key_value(client)
+            .map(|(k, _)| Arc::clone(k))
+        else {
+            return;
+        };
+        let _ = self
+            .inner
+            .cache
+            .entry(name)
+            .and_compute_with(|entry| async move {
+                match entry.map(|e| e.into_value()) {
+                    Some(slot) if slot.current.serial == serial => {
+                        tracing::warn!(client, serial, "Coupa refused the token; discarding it");
+                        Op::Remove
+                    }
+                    Some(slot) if slot.previous.as_ref().is_some_and(|p| p.serial == serial) => {
+                        tracing::warn!(
+                            client,
+                            serial,
+                            "Coupa refused the previous token; using the new one"
+                        );
+                        Op::Put(Slot {
+                            current: slot.current,
+                            previous: None,
+                        })
+                    }
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+    }
+
     async fn fetch(&self, client: &Client) -> Result<Token, TokenError> {
         let settings = &self.inner.settings;
         let requested_at = Instant::now();
@@ -232,7 +296,17 @@ impl TokenCache {
                 status.fetches_ok += 1;
                 status.last_error = None;
                 status.last_failure_at = None;
+                status.retry_at = None;
+                status.consecutive_failures = 0;
                 let token = self.stamp(grant, requested_at, received_at);
+                let expires_unix = token
+                    .expires_at_wall
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .ok();
+                self.inner
+                    .metrics
+                    .token_fetched(&client.name, true, expires_unix);
                 tracing::info!(
                     client = %client.name,
                     expires_in_s = token_lifetime(&token).as_secs(),
@@ -245,6 +319,11 @@ impl TokenCache {
                 status.fetches_failed += 1;
                 status.last_error = Some(err.clone());
                 status.last_failure_at = Some(received_at);
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+                status.retry_at = Some(
+                    received_at + backoff(status.consecutive_failures, settings.max_retry_backoff),
+                );
+                self.inner.metrics.token_fetched(&client.name, false, None);
                 tracing::warn!(client = %client.name, error = %err, "token fetch failed");
                 Err(err)
             }
@@ -258,7 +337,8 @@ impl TokenCache {
         let expires_at = requested_at + life - margin;
         let usable_at = received_at + settings.settle_delay;
         let lead = settings.refresh_before_expiry.min(life / 2);
-        let refresh_at = (requested_at + life - lead).max(usable_at);
+        // Refresh after the token settled, and never after it stops being used.
+        let refresh_at = (requested_at + life - lead).max(usable_at).min(expires_at);
         Token {
             authorization: grant.authorization,
             requested_at,
@@ -271,11 +351,14 @@ impl TokenCache {
         }
     }
 
-    fn failed_since(&self, name: &str, since: Instant) -> Option<TokenError> {
+    fn recent_failure(&self, name: &str, queued_at: Instant, now: Instant) -> Option<TokenError> {
         let status = self.status_lock(name);
-        match status.last_failure_at {
-            Some(at) if at >= since => status.last_error.clone(),
-            _ => None,
+        let failed_while_queued = status.last_failure_at.is_some_and(|at| at >= queued_at);
+        let backing_off = status.retry_at.is_some_and(|at| now < at);
+        if failed_while_queued || backing_off {
+            status.last_error.clone()
+        } else {
+            None
         }
     }
 
@@ -309,19 +392,21 @@ impl TokenCache {
     }
 
     async fn refresh_loop(self, name: Arc<str>) {
-        let max = self.inner.settings.max_retry_backoff;
-        let mut failures: u32 = 0;
         loop {
             if let Some(slot) = self.inner.cache.get(&*name).await {
                 tokio::time::sleep_until(slot.current.refresh_at.into()).await;
             }
-            match self.refresh(&name).await {
-                Ok(_) => failures = 0,
-                Err(_) => {
-                    failures = failures.saturating_add(1);
-                    tokio::time::sleep(backoff(failures, max)).await;
-                }
-            }
+            let result = self.refresh(&name).await;
+            // Never spin: after a failure wait out the backoff the failure set; after a
+            // success, at least a second (a token may arrive already due for refresh).
+            let pause_until = match result {
+                Ok(_) => Instant::now() + Duration::from_secs(1),
+                Err(_) => self
+                    .status_lock(&name)
+                    .retry_at
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(1)),
+            };
+            tokio::time::sleep_until(pause_until.into()).await;
         }
     }
 
@@ -343,18 +428,19 @@ impl TokenCache {
         let mut out = Vec::with_capacity(self.inner.clients.len());
         for name in self.inner.clients.keys() {
             let slot = self.inner.cache.get(&**name).await;
-            let (ready, expires_at) = match &slot {
+            let (ready, held, expires_at) = match &slot {
                 Some(s) => match s.serving(now) {
-                    Serving::Ready(t) => (true, Some(t.expires_at_wall)),
-                    Serving::Settling(t) => (false, Some(t.expires_at_wall)),
-                    Serving::Expired => (false, None),
+                    Serving::Ready(t) => (true, true, Some(t.expires_at_wall)),
+                    Serving::Settling(t) => (false, true, Some(t.expires_at_wall)),
+                    Serving::Expired => (false, false, None),
                 },
-                None => (false, None),
+                None => (false, false, None),
             };
             out.push((
                 Arc::clone(name),
                 ClientReport {
                     ready,
+                    held,
                     expires_at,
                     history: self.status_lock(name).clone(),
                 },
@@ -368,7 +454,10 @@ impl TokenCache {
 /// One client's state as reported by [`TokenCache::status`].
 #[derive(Debug, Clone)]
 pub struct ClientReport {
+    /// Holds a settled, unexpired token.
     pub ready: bool,
+    /// Holds an unexpired token (possibly still settling).
+    pub held: bool,
     pub expires_at: Option<SystemTime>,
     pub history: ClientStatus,
 }
@@ -377,9 +466,10 @@ fn token_lifetime(t: &Token) -> Duration {
     t.expires_at.saturating_duration_since(t.requested_at)
 }
 
-async fn wait_settled(token: Arc<Token>) -> Arc<Token> {
+/// Waits until `token` may be used; `None` if it expires first.
+async fn wait_settled(token: Arc<Token>) -> Option<Arc<Token>> {
     tokio::time::sleep_until(token.usable_at.into()).await;
-    token
+    (Instant::now() < token.expires_at).then_some(token)
 }
 
 /// Exponential backoff from 1 s with full jitter, capped at `max`.

@@ -85,9 +85,23 @@ integrations:
     client: erp-sync
 token:
   settle_delay: 0s
+audit:
+  path: {audit}
 {extra}"#,
-        fp = keybridge::keys::Fingerprint::of_key(KEY.as_bytes())
+        fp = keybridge::keys::Fingerprint::of_key(KEY.as_bytes()),
+        audit = temp_path("audit.db").display(),
     )
+}
+
+/// A fresh path under the system temp directory (the file is not created).
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "keybridge-test-{}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
 }
 
 pub fn env() -> HashMap<String, String> {

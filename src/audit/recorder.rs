@@ -1,0 +1,364 @@
+//! In-memory aggregation of requests, cheap enough for the request path.
+//!
+//! Each configured integration has its own [`Slot`] (created at start-up and held by
+//! the proxy next to the integration), so concurrent requests of different
+//! integrations never contend. Unknown keys, native bearer callers and unauthenticated
+//! requests share one map, bounded by `max_unknown_keys`. Every bounded collection has
+//! an overflow bucket, so hostile input cannot grow memory. [`Recorder::take`] swaps the
+//! windows out for the flusher.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Outcome, unix_now};
+
+const MAX_IPS: usize = 64;
+const MAX_USER_AGENTS: usize = 32;
+const MAX_ENDPOINTS: usize = 256;
+const MAX_USER_AGENT_LEN: usize = 200;
+/// Where endpoints beyond [`MAX_ENDPOINTS`] are counted.
+pub const OTHER_ENDPOINTS: &str = "(other endpoints)";
+/// Where unknown keys beyond `max_unknown_keys` are counted.
+pub const OTHER_UNKNOWN_KEYS: &str = "(other unknown keys)";
+
+/// Who a request came from, as the audit names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Integration(Arc<str>),
+    /// A key no integration owns, by fingerprint (hex).
+    UnknownKey(String),
+    /// Bearer callers (no key).
+    Native,
+    /// Requests without any credentials, or refused before a key was read.
+    Anonymous,
+}
+
+impl Subject {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Subject::Integration(_) => "integration",
+            Subject::UnknownKey(_) => "unknown_key",
+            Subject::Native => "native",
+            Subject::Anonymous => "anonymous",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Subject::Integration(n) => n,
+            Subject::UnknownKey(fp) => fp,
+            Subject::Native => "(bearer callers)",
+            Subject::Anonymous => "(no credentials)",
+        }
+    }
+
+    pub fn from_parts(kind: &str, name: &str) -> Option<Subject> {
+        Some(match kind {
+            "integration" => Subject::Integration(name.into()),
+            "unknown_key" => Subject::UnknownKey(name.to_owned()),
+            "native" => Subject::Native,
+            "anonymous" => Subject::Anonymous,
+            _ => return None,
+        })
+    }
+}
+
+/// One request, as recorded.
+pub struct Event<'a> {
+    pub outcome: Outcome,
+    /// `METHOD /template`.
+    pub endpoint: &'a str,
+    pub status: u16,
+    pub ip: IpAddr,
+    pub user_agent: Option<&'a str>,
+    /// For a fallback: the status OAuth got (401/403).
+    pub fallback_status: Option<u16>,
+}
+
+/// Aggregates since the last flush, for one subject.
+#[derive(Debug, Default, Clone)]
+pub struct Window {
+    pub counts: [u64; 6],
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub last_key_seen: Option<i64>,
+    pub last_fallback: Option<i64>,
+    pub ips: HashMap<IpAddr, u64>,
+    pub user_agents: HashMap<String, u64>,
+    /// endpoint → status → count.
+    pub endpoints: HashMap<String, HashMap<u16, u64>>,
+    /// (endpoint, OAuth status) → count.
+    pub fallbacks: HashMap<(String, u16), u64>,
+    /// (endpoint, key status, OAuth status) → count, for shadow replays.
+    pub shadow: HashMap<(String, u16, u16), u64>,
+}
+
+impl Window {
+    pub fn is_empty(&self) -> bool {
+        self.last_seen.is_none() && self.shadow.is_empty()
+    }
+
+    fn add(&mut self, e: &Event<'_>, now: i64) {
+        self.counts[e.outcome.index()] += 1;
+        self.first_seen.get_or_insert(now);
+        self.last_seen = Some(now);
+        if e.outcome.used_key() {
+            self.last_key_seen = Some(now);
+        }
+        bump_capped(&mut self.ips, e.ip, MAX_IPS);
+        if let Some(ua) = e.user_agent {
+            if let Some(n) = self.user_agents.get_mut(ua) {
+                *n += 1;
+            } else if self.user_agents.len() < MAX_USER_AGENTS {
+                let ua: String = ua.chars().take(MAX_USER_AGENT_LEN).collect();
+                self.user_agents.insert(ua, 1);
+            }
+        }
+        let statuses = match self.endpoints.get_mut(e.endpoint) {
+            Some(s) => s,
+            None => {
+                let key = if self.endpoints.len() < MAX_ENDPOINTS {
+                    e.endpoint
+                } else {
+                    OTHER_ENDPOINTS
+                };
+                self.endpoints.entry(key.to_owned()).or_default()
+            }
+        };
+        *statuses.entry(e.status).or_default() += 1;
+        if let Some(status) = e.fallback_status {
+            self.last_fallback = Some(now);
+            *self
+                .fallbacks
+                .entry((e.endpoint.to_owned(), status))
+                .or_default() += 1;
+        }
+    }
+}
+
+fn bump_capped<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, k: K, cap: usize) {
+    if let Some(n) = map.get_mut(&k) {
+        *n += 1;
+    } else if map.len() < cap {
+        map.insert(k, 1);
+    }
+}
+
+/// One integration's aggregation slot.
+#[derive(Debug, Default)]
+pub struct Slot {
+    window: Mutex<Window>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Window> {
+        // A panic while holding the lock leaves counters, not invariants; keep going.
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The request recorder. Cheap to share (`Arc`).
+pub struct Recorder {
+    enabled: bool,
+    integrations: HashMap<Arc<str>, Arc<Slot>>,
+    others: Mutex<HashMap<Subject, Window>>,
+    max_unknown_keys: usize,
+}
+
+impl Recorder {
+    pub fn new<'a>(
+        enabled: bool,
+        integration_names: impl IntoIterator<Item = &'a Arc<str>>,
+        max_unknown_keys: usize,
+    ) -> Self {
+        Recorder {
+            enabled,
+            integrations: integration_names
+                .into_iter()
+                .map(|n| (Arc::clone(n), Arc::default()))
+                .collect(),
+            others: Mutex::default(),
+            max_unknown_keys,
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The slot of a configured integration, for the proxy to keep beside it.
+    pub fn slot(&self, integration: &str) -> Option<Arc<Slot>> {
+        self.integrations.get(integration).cloned()
+    }
+
+    /// Records a request of a configured integration.
+    pub fn record_in(&self, slot: &Slot, event: &Event<'_>) {
+        if self.enabled {
+            slot.lock().add(event, unix_now());
+        }
+    }
+
+    /// Records a request of a subject without a slot (unknown key, native, anonymous).
+    pub fn record_other(&self, subject: Subject, event: &Event<'_>) {
+        if !self.enabled {
+            return;
+        }
+        if let Subject::Integration(name) = &subject {
+            if let Some(slot) = self.integrations.get(name) {
+                return self.record_in(slot, event);
+            }
+        }
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        let subject = match subject {
+            Subject::UnknownKey(_)
+                if !others.contains_key(&subject) && others.len() >= self.max_unknown_keys =>
+            {
+                Subject::UnknownKey(OTHER_UNKNOWN_KEYS.to_owned())
+            }
+            s => s,
+        };
+        others.entry(subject).or_default().add(event, unix_now());
+    }
+
+    /// Records a shadow replay's result.
+    pub fn record_shadow(&self, slot: &Slot, endpoint: &str, key_status: u16, oauth_status: u16) {
+        if self.enabled {
+            *slot
+                .lock()
+                .shadow
+                .entry((endpoint.to_owned(), key_status, oauth_status))
+                .or_default() += 1;
+        }
+    }
+
+    /// Takes every non-empty window, leaving empty ones.
+    pub fn take(&self) -> Vec<(Subject, Window)> {
+        let mut out = Vec::new();
+        for (name, slot) in &self.integrations {
+            let w = std::mem::take(&mut *slot.lock());
+            if !w.is_empty() {
+                out.push((Subject::Integration(Arc::clone(name)), w));
+            }
+        }
+        let others = std::mem::take(&mut *self.others.lock().unwrap_or_else(|p| p.into_inner()));
+        out.extend(others.into_iter().filter(|(_, w)| !w.is_empty()));
+        out
+    }
+
+    /// Puts windows back after a failed flush so nothing is lost.
+    pub fn restore(&self, batch: Vec<(Subject, Window)>) {
+        for (subject, w) in batch {
+            let merge = |into: &mut Window| merge(into, w);
+            match &subject {
+                Subject::Integration(name) if self.integrations.contains_key(name) => {
+                    if let Some(slot) = self.integrations.get(name) {
+                        merge(&mut slot.lock());
+                    }
+                }
+                _ => merge(
+                    self.others
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(subject)
+                        .or_default(),
+                ),
+            }
+        }
+    }
+}
+
+fn merge(into: &mut Window, w: Window) {
+    for (i, c) in w.counts.iter().enumerate() {
+        into.counts[i] += c;
+    }
+    into.first_seen = min_opt(into.first_seen, w.first_seen);
+    into.last_seen = into.last_seen.max(w.last_seen);
+    into.last_key_seen = into.last_key_seen.max(w.last_key_seen);
+    into.last_fallback = into.last_fallback.max(w.last_fallback);
+    for (k, v) in w.ips {
+        *into.ips.entry(k).or_default() += v;
+    }
+    for (k, v) in w.user_agents {
+        *into.user_agents.entry(k).or_default() += v;
+    }
+    for (k, statuses) in w.endpoints {
+        let e = into.endpoints.entry(k).or_default();
+        for (s, c) in statuses {
+            *e.entry(s).or_default() += c;
+        }
+    }
+    for (k, v) in w.fallbacks {
+        *into.fallbacks.entry(k).or_default() += v;
+    }
+    for (k, v) in w.shadow {
+        *into.shadow.entry(k).or_default() += v;
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(endpoint: &str) -> Event<'_> {
+        Event {
+            outcome: Outcome::ApiKey,
+            endpoint,
+            status: 200,
+            ip: "10.0.0.1".parse().unwrap(),
+            user_agent: Some("NetSuite/2024"),
+            fallback_status: None,
+        }
+    }
+
+    #[test]
+    fn bounded_under_hostile_input() {
+        let name: Arc<str> = "erp".into();
+        let r = Recorder::new(true, [&name], 10);
+        let slot = r.slot("erp").unwrap();
+        for i in 0..10_000 {
+            r.record_in(&slot, &event(&format!("GET /api/x{i}")));
+            r.record_other(
+                Subject::UnknownKey(format!("{i:08x}")),
+                &event("GET /api/y"),
+            );
+        }
+        let batch = r.take();
+        let erp = &batch
+            .iter()
+            .find(|(s, _)| *s == Subject::Integration(name.clone()))
+            .unwrap()
+            .1;
+        assert_eq!(erp.endpoints.len(), MAX_ENDPOINTS + 1);
+        assert_eq!(
+            erp.endpoints[OTHER_ENDPOINTS][&200],
+            10_000 - MAX_ENDPOINTS as u64
+        );
+        let unknown = batch
+            .iter()
+            .filter(|(s, _)| matches!(s, Subject::UnknownKey(_)))
+            .count();
+        assert_eq!(unknown, 11, "10 tracked + the overflow bucket");
+        assert!(r.take().is_empty(), "take empties the windows");
+    }
+
+    #[test]
+    fn restore_merges_back() {
+        let name: Arc<str> = "erp".into();
+        let r = Recorder::new(true, [&name], 10);
+        let slot = r.slot("erp").unwrap();
+        r.record_in(&slot, &event("GET /api/invoices/:id"));
+        let batch = r.take();
+        r.record_in(&slot, &event("GET /api/invoices/:id"));
+        r.restore(batch);
+        let batch = r.take();
+        assert_eq!(batch[0].1.counts[Outcome::ApiKey.index()], 2);
+    }
+}

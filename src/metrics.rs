@@ -1,0 +1,150 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener).
+//!
+//! Labels carry integration and client names only, never keys, fingerprints or tokens
+//! (fingerprints would also be unbounded). Counters for configured integrations are
+//! created at start-up and kept beside each integration, so the request path only
+//! increments an atomic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::audit::Outcome;
+use crate::config::Mode;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    integration: String,
+    mode: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    client: String,
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    client: String,
+}
+
+/// All of keybridge's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    upstream_duration: Histogram,
+    token_fetches: Family<FetchLabels, Counter>,
+    token_expiry: Family<ClientLabels, Gauge>,
+}
+
+/// Pre-created request counters of one integration, indexed by [`Outcome::index`].
+#[derive(Clone, Debug)]
+pub struct OutcomeCounters([Counter; 6]);
+
+impl OutcomeCounters {
+    pub fn inc(&self, outcome: Outcome) {
+        self.0[outcome.index()].inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "keybridge_requests",
+            "Requests handled, by integration, mode and outcome",
+            requests.clone(),
+        );
+        let upstream_duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0,
+        ]);
+        registry.register(
+            "keybridge_upstream_duration_seconds",
+            "Time from sending a request to Coupa until its response headers",
+            upstream_duration.clone(),
+        );
+        let token_fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "keybridge_token_fetches",
+            "Token requests to Coupa's token endpoint, by client and result",
+            token_fetches.clone(),
+        );
+        let token_expiry = Family::<ClientLabels, Gauge>::default();
+        registry.register(
+            "keybridge_token_expiry_seconds",
+            "Unix time at which the client's current token expires",
+            token_expiry.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_duration,
+            token_fetches,
+            token_expiry,
+        }
+    }
+
+    /// Counters for one subject (an integration, or `(unknown)`, `(native)`, …).
+    pub fn outcome_counters(&self, integration: &str, mode: &str) -> OutcomeCounters {
+        OutcomeCounters(Outcome::ALL.map(|o| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    integration: integration.to_owned(),
+                    mode: mode.to_owned(),
+                    outcome: o.as_str().to_owned(),
+                })
+                .clone()
+        }))
+    }
+
+    pub fn integration_counters(&self, integration: &str, mode: Mode) -> OutcomeCounters {
+        self.outcome_counters(integration, mode.as_str())
+    }
+
+    pub fn observe_upstream(&self, elapsed: Duration) {
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn token_fetched(&self, client: &str, ok: bool, expires_unix: Option<i64>) {
+        self.token_fetches
+            .get_or_create(&FetchLabels {
+                client: client.to_owned(),
+                result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
+        if let Some(t) = expires_unix {
+            self.token_expiry
+                .get_or_create(&ClientLabels {
+                    client: client.to_owned(),
+                })
+                .set(t);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
