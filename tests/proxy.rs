@@ -324,3 +324,30 @@ async fn connect_and_upgrade_are_refused() {
     assert_eq!(mock.api_hits(), 0);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn empty_writes_carry_content_length_zero() {
+    let (mock, proxy) = start_pair(mock(), "").await;
+    let (status, _, _) = send(
+        Method::PUT,
+        proxy.proxy_addr,
+        "/api/invoices/7/submit",
+        &[("x-coupa-api-key", KEY)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mock.requests()[0].headers["content-length"], "0");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_key_headers_are_refused() {
+    let (mock, proxy) = start_pair(mock(), "").await;
+    let raw = format!("GET /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nX-COUPA-API-KEY: other\r\nConnection: close\r\n\r\n");
+    let reply = raw_exchange(proxy.proxy_addr, raw.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("ambiguous_api_key"));
+    assert_eq!(mock.api_hits(), 0);
+    proxy.shutdown().await;
+}
