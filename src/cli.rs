@@ -42,6 +42,11 @@ pub enum Command {
     Check,
     /// Read an API key from stdin and print its SHA-256 hex (for `api_key_sha256`).
     HashKey,
+    /// Print the migration audit: per integration, mode, state, traffic and scope advice.
+    Audit(AuditArgs),
+    /// Check an OAuth client against its Coupa instance: fetch a token, then call
+    /// GET /api/users?limit=1 (needs core.user.read). Exit 0 only on success.
+    TestCredentials(TestCredentialsArgs),
     /// Run a mock Coupa instance (token endpoint and /api/*).
     MockCoupa(MockArgs),
     /// Run a mock Coupa and the proxy on loopback, and print how to try it with curl.
@@ -78,4 +83,25 @@ pub struct DemoArgs {
     /// Mock Coupa listener.
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub mock_listen: SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: AuditFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TestCredentialsArgs {
+    /// The client (a name under `clients:`).
+    #[arg(long)]
+    pub client: String,
 }

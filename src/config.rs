@@ -465,17 +465,38 @@ impl Config {
     }
 
     pub fn load_with_env(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read(path)?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         Self::from_yaml(&text, base_dir, env)
+    }
+
+    /// Loads the file for reading reports: secrets are neither required nor read
+    /// (unset variables expand to nothing, secret files are left alone), so
+    /// `keybridge audit` works without the proxy's credentials.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
+        struct Lenient;
+        impl Env for Lenient {
+            fn var(&self, name: &str) -> Option<String> {
+                Some(ProcessEnv.var(name).unwrap_or_default())
+            }
+        }
+        let text = read(path)?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base_dir, &Lenient, false)
     }
 
     /// Parses a YAML document. Relative `client_secret_file` paths resolve against
     /// `base_dir` (the config file's directory).
     pub fn from_yaml(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::parse(text, base_dir, env, true)
+    }
+
+    fn parse(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Env,
+        secrets: bool,
+    ) -> Result<Config, ConfigError> {
         let mut tree: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         let mut errors = Vec::new();
@@ -495,13 +516,20 @@ impl Config {
                 message: e.into_inner().to_string(),
             }])
         })?;
-        raw.validate(base_dir)
+        raw.validate(base_dir, secrets)
     }
 
     /// The client an integration uses, by name.
     pub fn client(&self, name: &str) -> Option<&Arc<Client>> {
         self.clients.get(name)
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Expands `${VAR}` in every string scalar of the tree (not in mapping keys).
@@ -563,7 +591,7 @@ impl Validator {
 }
 
 impl RawConfig {
-    fn validate(self, base_dir: &Path) -> Result<Config, ConfigError> {
+    fn validate(self, base_dir: &Path, secrets: bool) -> Result<Config, ConfigError> {
         let mut v = Validator {
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -613,7 +641,7 @@ impl RawConfig {
         let declared_clients: Vec<String> = self.clients.keys().cloned().collect();
         let mut clients = BTreeMap::new();
         for (name, raw) in self.clients {
-            if let Some(client) = raw.validate(&name, &instances, base_dir, &mut v) {
+            if let Some(client) = raw.validate(&name, &instances, base_dir, secrets, &mut v) {
                 clients.insert(name, Arc::new(client));
             }
         }
@@ -773,6 +801,7 @@ impl RawClient {
         name: &str,
         instances: &BTreeMap<String, Arc<Instance>>,
         base_dir: &Path,
+        secrets: bool,
         v: &mut Validator,
     ) -> Option<Client> {
         let field = format!("clients.{name}");
@@ -791,6 +820,7 @@ impl RawClient {
             v.error(format!("{field}.client_id"), "must not be empty");
         }
         let secret = match (self.client_secret, self.client_secret_file) {
+            (Some(_), None) | (None, Some(_)) if !secrets => Some(Secret::default()),
             (Some(_), Some(_)) => {
                 v.error(
                     field.clone(),

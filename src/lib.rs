@@ -18,6 +18,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod cutover;
 pub mod demo;
 pub mod error;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use keybridge::cli::{Cli, Command, LogFormat, MockArgs};
+use keybridge::cli::{
+    AuditArgs, AuditFormat, Cli, Command, LogFormat, MockArgs, TestCredentialsArgs,
+};
 use keybridge::config::Config;
 use keybridge::keys::Fingerprint;
 use keybridge::mock::MockCoupa;
@@ -21,6 +23,14 @@ fn main() -> ExitCode {
     match command {
         Command::Check => check(&cli.config),
         Command::HashKey => report(hash_key()),
+        Command::Audit(args) => match runtime() {
+            Ok(rt) => report(rt.block_on(audit(&cli.config, &args))),
+            Err(code) => code,
+        },
+        Command::TestCredentials(args) => match runtime() {
+            Ok(rt) => rt.block_on(test_credentials(&cli.config, &args)),
+            Err(code) => code,
+        },
         command => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -50,7 +60,72 @@ async fn async_main(command: Command, config: &std::path::Path) -> anyhow::Resul
             demo.mock.stop().await;
             Ok(())
         }
-        Command::Check | Command::HashKey => Ok(()),
+        Command::Check | Command::HashKey | Command::Audit(_) | Command::TestCredentials(_) => {
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("keybridge: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+async fn audit(path: &std::path::Path, args: &AuditArgs) -> anyhow::Result<()> {
+    let config = Config::load_without_secrets(path)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    let store_path = &config.audit.path;
+    anyhow::ensure!(
+        store_path.exists(),
+        "no audit store at {} (has keybridge run with this config, from this directory?)",
+        store_path.display()
+    );
+    let store = keybridge::audit::store::Store::open(store_path)?;
+    let snapshot = store.snapshot()?;
+    let report = keybridge::audit::report::build(&snapshot, &config, keybridge::audit::unix_now());
+    let text = match args.format {
+        AuditFormat::Table => keybridge::audit::report::render_table(&report),
+        AuditFormat::Csv => keybridge::audit::report::render_csv(&report),
+        AuditFormat::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),
+    };
+    write_stdout(&text).context("writing the report")
+}
+
+async fn test_credentials(path: &std::path::Path, args: &TestCredentialsArgs) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: invalid configuration:\n{e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(client) = config.clients.get(&args.client) else {
+        let known: Vec<&str> = config.clients.keys().map(String::as_str).collect();
+        eprintln!(
+            "no client `{}` in {} (defined: {})",
+            args.client,
+            path.display(),
+            known.join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    let mut say = |line: &str| {
+        let _ = write_stdout(&format!("{line}\n"));
+    };
+    match keybridge::credentials::check(&config, client, &mut say).await {
+        Ok(()) => {
+            say(&format!("OK: client `{}` can call Coupa", args.client));
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("FAILED: client `{}`: {}", args.client, failure.message());
+            ExitCode::from(failure.exit_code())
+        }
     }
 }
 

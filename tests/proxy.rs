@@ -344,7 +344,9 @@ async fn empty_writes_carry_content_length_zero() {
 #[tokio::test]
 async fn two_key_headers_are_refused() {
     let (mock, proxy) = start_pair(mock(), "").await;
-    let raw = format!("GET /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nX-COUPA-API-KEY: other\r\nConnection: close\r\n\r\n");
+    let raw = format!(
+        "GET /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nX-COUPA-API-KEY: other\r\nConnection: close\r\n\r\n"
+    );
     let reply = raw_exchange(proxy.proxy_addr, raw.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("ambiguous_api_key"));

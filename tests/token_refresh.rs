@@ -310,31 +310,68 @@ async fn a_rejected_secret_is_not_retried_on_every_request() {
     let client = client();
     let started = Instant::now();
     for _ in 0..50 {
-        let (status, _, _) = send_with(&client, Method::GET, proxy.proxy_addr, "/api/invoices", &[("x-coupa-api-key", KEY)], bytes::Bytes::new()).await;
+        let (status, _, _) = send_with(
+            &client,
+            Method::GET,
+            proxy.proxy_addr,
+            "/api/invoices",
+            &[("x-coupa-api-key", KEY)],
+            bytes::Bytes::new(),
+        )
+        .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "failures answer fast");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failures answer fast"
+    );
     let asked = mock.token_requests();
-    assert!(asked <= 4, "backoff between token requests, not one per request: {asked}");
+    assert!(
+        asked <= 4,
+        "backoff between token requests, not one per request: {asked}"
+    );
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_revoked_token_is_replaced_once_even_under_a_401_storm() {
     let (mock, proxy) = start_pair(mock(), "").await;
-    let (status, _, _) = get(proxy.proxy_addr, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(mock.token_requests(), 1);
 
     mock.revoke_all_tokens();
     let addr = proxy.proxy_addr;
     let tasks: Vec<_> = (0..50)
-        .map(|i| tokio::spawn(async move { get(addr, &format!("/api/invoices/{i}"), &[("x-coupa-api-key", KEY)]).await.0 }))
+        .map(|i| {
+            tokio::spawn(async move {
+                get(
+                    addr,
+                    &format!("/api/invoices/{i}"),
+                    &[("x-coupa-api-key", KEY)],
+                )
+                .await
+                .0
+            })
+        })
         .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), StatusCode::OK, "each refused request is retried once with the new token");
+        assert_eq!(
+            t.await.unwrap(),
+            StatusCode::OK,
+            "each refused request is retried once with the new token"
+        );
     }
-    assert_eq!(mock.token_requests(), 2, "one refetch for the whole 401 storm");
+    assert_eq!(
+        mock.token_requests(),
+        2,
+        "one refetch for the whole 401 storm"
+    );
     let refused = mock.requests().iter().filter(|r| r.status == 401).count();
     assert!(refused <= 50, "no request was tried more than twice");
     assert_eq!(mock.requests().len(), 1 + 50 + refused);

@@ -34,6 +34,7 @@ fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
         let writer = CaptureWriter(Arc::clone(&buf));
         let _ = tracing_subscriber::fmt()
             .json()
+            .flatten_event(true) // as in production (main.rs)
             .with_env_filter("debug,hyper=info,h2=info,rustls=info")
             .with_writer(move || writer.clone())
             .try_init();
