@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Starts keybridge as a bench candidate: the harness's 1000 keys spread over 20 OAuth
+# clients, the bench upstream as both Coupa instance and token endpoint.
+# Env: KEYBRIDGE_BIN, PROXY_PORT, UPSTREAM_ADDR, KEYS_TSV (run.sh exports them),
+#      AUDIT=on|off (default on), INTEGRATIONS (default: all keys in KEYS_TSV).
+set -euo pipefail
+dir=$(mktemp -d)
+cfg=$dir/config.yaml
+audit=${AUDIT:-on}
+{
+  echo "listen: 127.0.0.1:$PROXY_PORT"
+  echo "admin_listen: 127.0.0.1:$((PROXY_PORT + 1))"
+  echo "instances:"
+  echo "  bench:"
+  echo "    base_url: http://$UPSTREAM_ADDR"
+  echo "clients:"
+  for i in $(seq 0 19); do
+    echo "  c$i: {instance: bench, client_id: c$i, client_secret: s$i, scopes: [core.invoice.read, core.invoice.write]}"
+  done
+  echo "integrations:"
+  python3 - "$KEYS_TSV" <<'PY'
+import hashlib, sys
+for i, line in enumerate(open(sys.argv[1])):
+    key = line.split("\t")[0]
+    print(f"  - {{name: k{i}, api_key_sha256: {hashlib.sha256(key.encode()).hexdigest()}, client: c{i % 20}}}")
+PY
+  echo "token: {settle_delay: 0s}"
+  echo "server: {access_log: false}"   # like nginx/haproxy in this harness (logging off)
+  if [ "$audit" = on ]; then
+    echo "audit: {enabled: true, path: $dir/audit.db}"
+  else
+    echo "audit: {enabled: false}"
+  fi
+} > "$cfg"
+cd "$dir"
+RUST_LOG=${RUST_LOG:-warn} exec "$KEYBRIDGE_BIN" run --config "$cfg"
