@@ -11,6 +11,8 @@ use crate::server::Running;
 
 /// The demo integration's API key (it exists only in the demo's mock).
 pub const DEMO_API_KEY: &str = "demo0000000000000000000000000000000000ke";
+/// A second, not yet migrated integration (`observe`): Coupa still sees its key.
+pub const LEGACY_API_KEY: &str = "legacy00000000000000000000000000000000ke";
 
 pub struct Demo {
     pub mock: MockHandle,
@@ -27,6 +29,7 @@ pub async fn start(args: &DemoArgs) -> anyhow::Result<Demo> {
             &secret,
             &["core.invoice.read", "core.invoice.write", "core.user.read"],
         )
+        .api_key(LEGACY_API_KEY)
         .settle(std::time::Duration::from_secs(1))
         .start(args.mock_listen)
         .await?;
@@ -46,6 +49,10 @@ integrations:
   - name: demo-erp
     api_key_sha256: {fp}
     client: demo-client
+  - name: legacy-script
+    api_key_sha256: {legacy_fp}
+    instance: demo
+    mode: observe
 token:
   settle_delay: 1s
 audit:
@@ -59,6 +66,7 @@ audit:
         admin = args.admin_listen,
         base = mock.base_url(),
         fp = crate::keys::Fingerprint::of_key(DEMO_API_KEY.as_bytes()),
+        legacy_fp = crate::keys::Fingerprint::of_key(LEGACY_API_KEY.as_bytes()),
     );
     let env = HashMap::from([("DEMO_CLIENT_SECRET".to_owned(), secret)]);
     let config = Config::from_yaml(&config_yaml, Path::new("."), &env)?;
@@ -86,11 +94,14 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 curl -sg -H 'X-COUPA-API-KEY: {key}' -H 'Accept: application/json' 'http://{p}/api/invoices/42?fields=[%22id%22]'\n\
          \x20 curl -s -X POST -H 'X-COUPA-API-KEY: {key}' -H 'Content-Type: application/json' -d '{{\"invoice-number\":\"INV-1\"}}' http://{p}/api/invoices\n\
          \x20 curl -s -H 'X-COUPA-API-KEY: wrong-key' http://{p}/api/invoices      # 401, never reaches Coupa\n\
-         \x20 curl -s -H 'X-COUPA-API-KEY: {key}' http://{p}/api/suppliers         # 403 from Coupa: the client lacks core.supplier.read\n\n\
+         \x20 curl -s -H 'X-COUPA-API-KEY: {key}' http://{p}/api/suppliers         # 403 from Coupa: the client lacks core.supplier.read\n\
+         \x20 curl -s -H 'X-COUPA-API-KEY: {legacy}' http://{p}/api/purchase_orders/7   # observe: forwarded with its key, recorded\n\
+         \x20 curl -s http://{a}/audit                                   # who still sends keys, and the scopes they need\n\n\
          The mock answers with what it received: \"auth\": \"bearer\" shows the key was swapped.\n\
          Ctrl-C to stop.\n",
         mock = demo.mock.base_url(),
         cfg = demo.config_yaml,
         key = DEMO_API_KEY,
+        legacy = LEGACY_API_KEY,
     )
 }

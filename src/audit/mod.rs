@@ -130,13 +130,22 @@ impl Audit {
         }
         let store = Arc::clone(store);
         let max = self.max_unknown_keys;
+        let subjects = batch.len();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let r = store.apply(&batch, unix_now(), max);
             (batch, r)
         })
         .await;
         match result {
-            Ok((_, Ok(()))) => Ok(()),
+            Ok((_, Ok(()))) => {
+                tracing::debug!(
+                    subjects,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "audit flushed"
+                );
+                Ok(())
+            }
             Ok((batch, Err(e))) => {
                 self.recorder.restore(batch);
                 Err(e)
