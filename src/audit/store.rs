@@ -160,7 +160,7 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         for (name, mode) in modes {
-            exec(&tx, 
+            exec(&tx,
                 "INSERT INTO subjects (kind, name, mode, mode_since) VALUES ('integration', ?1, ?2, ?3)
                  ON CONFLICT (kind, name) DO UPDATE SET
                    mode_since = CASE WHEN subjects.mode IS excluded.mode THEN subjects.mode_since ELSE excluded.mode_since END,
@@ -216,7 +216,7 @@ impl Store {
             for (i, c) in w.counts.iter().enumerate() {
                 minute_totals[i] += c;
             }
-            exec(&tx, 
+            exec(&tx,
                 "INSERT INTO subjects (kind, name, first_seen, last_seen, last_key_seen, last_fallback)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (kind, name) DO UPDATE SET
@@ -230,7 +230,7 @@ impl Store {
             for o in Outcome::ALL {
                 let c = w.counts[o.index()];
                 if c > 0 {
-                    exec(&tx, 
+                    exec(&tx,
                         "INSERT INTO outcomes (kind, name, outcome, count) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (kind, name, outcome) DO UPDATE SET count = count + excluded.count",
                         params![kind, name, o.as_str(), c as i64],
@@ -240,7 +240,7 @@ impl Store {
             }
             for (endpoint, statuses) in &w.endpoints {
                 for (status, c) in statuses {
-                    exec(&tx, 
+                    exec(&tx,
                         "INSERT INTO endpoints (kind, name, endpoint, status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                          ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
                         params![kind, name, endpoint, status, *c as i64, now],
@@ -249,7 +249,7 @@ impl Store {
                 }
             }
             for ((endpoint, status), c) in &w.fallbacks {
-                exec(&tx, 
+                exec(&tx,
                     "INSERT INTO fallbacks (kind, name, endpoint, status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
                     params![kind, name, endpoint, status, *c as i64, now],
@@ -257,7 +257,7 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             }
             for ((endpoint, key_status, oauth_status), c) in &w.shadow {
-                exec(&tx, 
+                exec(&tx,
                     "INSERT INTO shadow (kind, name, endpoint, key_status, oauth_status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (kind, name, endpoint, key_status, oauth_status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
                     params![kind, name, endpoint, key_status, oauth_status, *c as i64, now],
@@ -274,7 +274,7 @@ impl Store {
                         .map(|(ua, c)| ("user_agent", ua.clone(), *c)),
                 );
             for (what, value, c) in peers {
-                exec(&tx, 
+                exec(&tx,
                     "INSERT INTO peers (kind, name, what, value, count, last_seen)
                      SELECT ?1, ?2, ?3, ?4, ?5, ?6
                      WHERE EXISTS (SELECT 1 FROM peers WHERE kind = ?1 AND name = ?2 AND what = ?3 AND value = ?4)
@@ -285,7 +285,7 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             }
         }
-        exec(&tx, 
+        exec(&tx,
             "INSERT INTO traffic (minute, api_key, oauth, fallback, denied, native, rejected) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (minute) DO UPDATE SET api_key = api_key + excluded.api_key, oauth = oauth + excluded.oauth,
                fallback = fallback + excluded.fallback, denied = denied + excluded.denied,
