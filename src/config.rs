@@ -332,6 +332,18 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// One JSON line per request on the `keybridge::access` target.
     pub access_log: bool,
+    /// Proxy worker threads (each a single-threaded runtime); 0 = one per CPU.
+    pub workers: usize,
+}
+
+impl ServerSettings {
+    /// The number of proxy workers to start.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -340,6 +352,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             access_log: true,
+            workers: 0,
         }
     }
 }

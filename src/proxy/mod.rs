@@ -55,7 +55,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub recorder: Arc<Recorder>,
     pub metrics: Arc<Metrics>,
-    shadow_limiter: RateLimiter,
+    shadow_limiter: Arc<RateLimiter>,
     /// Counters for unknown keys, native bearer callers and anonymous requests.
     unknown_counters: OutcomeCounters,
     native_counters: OutcomeCounters,
@@ -69,6 +69,7 @@ impl Shared {
         http: HttpClient,
         recorder: Arc<Recorder>,
         metrics: Arc<Metrics>,
+        shadow_limiter: Arc<RateLimiter>,
     ) -> Self {
         let callers = KeyMap::new(config.integrations.iter().map(|i| {
             let caller = Caller {
@@ -88,7 +89,7 @@ impl Shared {
         };
         Shared {
             callers,
-            shadow_limiter: RateLimiter::new(config.cutover.shadow_max_per_second),
+            shadow_limiter,
             unknown_counters: metrics.outcome_counters("(unknown key)", unknown_mode),
             native_counters: metrics.outcome_counters("(bearer caller)", native_mode),
             anonymous_counters: metrics.outcome_counters("(no credentials)", "-"),
