@@ -25,7 +25,7 @@ for i, line in enumerate(open(sys.argv[1])):
     print(f"  - {{name: k{i}, api_key_sha256: {hashlib.sha256(key.encode()).hexdigest()}, client: c{i % 20}}}")
 PY
   echo "token: {settle_delay: 0s}"
-  echo "server: {access_log: false}"   # like nginx/haproxy in this harness (logging off)
+  echo "server: {access_log: false, workers: ${WORKERS:-0}}"   # logging off, like nginx/haproxy here
   if [ "$audit" = on ]; then
     echo "audit: {enabled: true, path: $dir/audit.db}"
   else

@@ -91,9 +91,9 @@ start_candidate() {
     envoy-c*) C_PORT=18084; local n=${c#envoy-c}
       render conf/envoy.yaml.tmpl "$RUNDIR/envoy.yaml" PORT=$C_PORT UPPORT=$UP_PORT GEN="$BENCH/gen"
       launch "$c" "$ENVOY_BIN" -c "$RUNDIR/envoy.yaml" --concurrency "$n" --disable-hot-restart -l error; C_PG=$LAST_PG ;;
-    keybridge|keybridge-noaudit) C_PORT=18090
-      local audit=on; [ "$c" = keybridge-noaudit ] && audit=off
-      launch "$c" env AUDIT=$audit bash "$BENCH/keybridge-candidate.sh"; C_PG=$LAST_PG ;;
+    keybridge|keybridge-noaudit|keybridge-w1) C_PORT=18090
+      local audit=on workers=0; [ "$c" = keybridge-noaudit ] && audit=off; [ "$c" = keybridge-w1 ] && workers=1
+      launch "$c" env AUDIT=$audit WORKERS=$workers bash "$BENCH/keybridge-candidate.sh"; C_PG=$LAST_PG ;;
     "$PROXY_NAME") [ -n "${PROXY_CMD:-}" ] || { echo "PROXY_CMD not set" >&2; return 1; }
       C_PORT=$PROXY_PORT; C_MODE=$PROXY_MODE
       launch "$c" bash -c "$PROXY_CMD"; C_PG=$LAST_PG ;;

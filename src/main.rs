@@ -12,6 +12,9 @@ use keybridge::config::Config;
 use keybridge::keys::Fingerprint;
 use keybridge::mock::MockCoupa;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format.unwrap_or(match cli.command {
