@@ -7,8 +7,12 @@
 //! - `/metrics`: Prometheus text format.
 //! - `/tokens`: per client, token held/settled/expiry, fetch history, last error.
 //! - `/`: the dashboard (HTML + inline JS/CSS, no external assets).
+//! - `POST /reload`: re-read the config file (as SIGHUP does); 200 with a summary, or
+//!   409 with the reason and the old configuration still serving.
 //!
-//! Nothing here ever shows a token, a secret or a raw key.
+//! With `admin_token` set, everything but `/healthz` needs `Authorization: Bearer
+//! <token>` (or HTTP Basic with the token as password, so a browser can open the
+//! dashboard). Nothing here ever shows a token, a secret or a raw key.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,20 +27,23 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
+use base64::Engine as _;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use sha2::{Digest, Sha256};
+
 use crate::audit::Audit;
-use crate::config::Config;
+use crate::config::Secret;
 use crate::error::json_error;
 use crate::metrics::Metrics;
-use crate::token::TokenCache;
+use crate::server::Core;
 
 /// The dashboard page, compiled into the binary.
 const DASHBOARD_HTML: &str = include_str!("admin/dashboard.html");
 
 pub struct AdminState {
-    pub tokens: TokenCache,
+    pub core: Arc<Core>,
     pub audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
-    pub config: Arc<Config>,
 }
 
 type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
@@ -58,6 +65,42 @@ pub fn service(
 }
 
 async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path != "/healthz" {
+        if let Some(token) = &state.core.config().admin_token {
+            if !authorized(req, token) {
+                let mut r = json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this admin endpoint needs the admin token",
+                );
+                r.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"keybridge admin\", charset=\"UTF-8\""),
+                );
+                return r;
+            }
+        }
+    }
+    if path == "/reload" {
+        if req.method() != Method::POST {
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST /reload",
+            );
+        }
+        return match state.core.reload_from_file().await {
+            Ok(summary) => json(
+                StatusCode::OK,
+                &json!({"status": "reloaded", "summary": summary}),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
+                json_error(StatusCode::CONFLICT, "reload_failed", &e.to_string())
+            }
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -65,7 +108,7 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
             "admin endpoints are read-only",
         );
     }
-    match req.uri().path() {
+    match path {
         "/" => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -79,7 +122,7 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.metrics.encode().into(),
         ),
-        "/audit" => match state.audit.report(&state.config).await {
+        "/audit" => match state.audit.report(&state.core.config()).await {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => {
                 tracing::error!(error = %e, "audit read failed");
@@ -97,7 +140,7 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
 async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
     let mut clients = serde_json::Map::new();
     let mut all_ready = true;
-    for (name, report) in state.tokens.status().await {
+    for (name, report) in state.core.tokens().status().await {
         all_ready &= report.ready;
         clients.insert(
             name.to_string(),
@@ -118,7 +161,8 @@ async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
 async fn tokens(state: &AdminState) -> Response<Full<Bytes>> {
     let now = SystemTime::now();
     let mut clients = serde_json::Map::new();
-    for (name, r) in state.tokens.status().await {
+    let config = state.core.config();
+    for (name, r) in state.core.tokens().status().await {
         let settle = if !r.held {
             "none"
         } else if r.ready {
@@ -126,7 +170,7 @@ async fn tokens(state: &AdminState) -> Response<Full<Bytes>> {
         } else {
             "settling"
         };
-        let client = state.config.clients.get(&*name);
+        let client = config.clients.get(&*name);
         clients.insert(
             name.to_string(),
             json!({
@@ -145,6 +189,37 @@ async fn tokens(state: &AdminState) -> Response<Full<Bytes>> {
         );
     }
     json(StatusCode::OK, &json!({ "clients": clients }))
+}
+
+/// Bearer token, or Basic with the token as password; compared as SHA-256 digests.
+fn authorized(req: &Request<Incoming>, token: &Secret) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let presented = if let Some(bearer) = strip_prefix_ci(value, "bearer ") {
+        bearer.trim().to_owned()
+    } else if let Some(basic) = strip_prefix_ci(value, "basic ") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
+            return false;
+        };
+        let decoded = String::from_utf8_lossy(&decoded).into_owned();
+        match decoded.split_once(':') {
+            Some((_, password)) => password.to_owned(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    Sha256::digest(presented.as_bytes()) == Sha256::digest(token.expose().as_bytes())
+}
+
+fn strip_prefix_ci<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+    (value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &value[prefix.len()..])
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

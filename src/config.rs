@@ -41,6 +41,10 @@ pub struct Config {
     pub default_instance: Option<Arc<Instance>>,
     pub cutover: CutoverSettings,
     pub audit: AuditSettings,
+    /// TLS on the proxy listener.
+    pub tls: Option<TlsSettings>,
+    /// Bearer token required on the admin listener (all but `/healthz`).
+    pub admin_token: Option<Secret>,
     pub token: TokenSettings,
     pub upstream: UpstreamSettings,
     pub server: ServerSettings,
@@ -150,6 +154,16 @@ impl Default for AuditSettings {
             max_unknown_keys: 1000,
         }
     }
+}
+
+/// TLS termination on the proxy listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// Accepts `1048576`, `"512KiB"`, `"1MiB"`, `"2MB"`.
@@ -334,6 +348,13 @@ pub struct ServerSettings {
     pub access_log: bool,
     /// Proxy worker threads (each a single-threaded runtime); 0 = one per CPU.
     pub workers: usize,
+    /// Open caller connections beyond this are answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests in progress beyond this are answered 503.
+    pub max_in_flight: usize,
+    /// A request body that sends nothing for this long is aborted (slow uploads).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 impl ServerSettings {
@@ -353,6 +374,9 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(30),
             access_log: true,
             workers: 0,
+            max_connections: 10_000,
+            max_in_flight: 4096,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -421,6 +445,8 @@ struct RawConfig {
     cutover: CutoverSettings,
     #[serde(default)]
     audit: AuditSettings,
+    tls: Option<TlsSettings>,
+    admin_token: Option<Secret>,
     #[serde(default)]
     token: TokenSettings,
     #[serde(default)]
@@ -723,6 +749,30 @@ impl RawConfig {
                 );
             }
         }
+        if let Some(tls) = &self.tls {
+            for (field, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !base_dir.join(path).is_file() {
+                    v.error(field, format!("{} is not a readable file", path.display()));
+                }
+            }
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+            && secrets
+        {
+            v.error(
+                "admin_token",
+                "must be at least 16 characters (it guards /reload and the audit)",
+            );
+        }
+        if self.server.max_connections == 0 || self.server.max_in_flight == 0 {
+            v.error(
+                "server",
+                "max_connections and max_in_flight must be at least 1",
+            );
+        }
         if self.cutover.shadow_max_per_second == 0 {
             v.error("cutover.shadow_max_per_second", "must be at least 1");
         }
@@ -744,6 +794,11 @@ impl RawConfig {
             default_instance,
             cutover: self.cutover,
             audit: self.audit,
+            tls: self.tls.map(|t| TlsSettings {
+                cert: base_dir.join(t.cert),
+                key: base_dir.join(t.key),
+            }),
+            admin_token: self.admin_token.filter(|t| !t.is_empty()),
             token: self.token,
             upstream: self.upstream,
             server: self.server,

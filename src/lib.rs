@@ -29,5 +29,6 @@ pub mod proxy;
 pub mod scopes;
 pub mod server;
 pub mod stack;
+pub mod tls;
 pub mod token;
 pub mod upstream;

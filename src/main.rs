@@ -148,7 +148,11 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let running = keybridge::server::start(config).await?;
+    let running = keybridge::server::start_with_file(config, Some(path.to_owned())).await?;
+    let core = std::sync::Arc::clone(&running.core);
+    let _reloader = tokio::spawn(async move {
+        reload_on_sighup(core).await;
+    });
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
@@ -229,6 +233,26 @@ async fn mock_coupa(args: MockArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     handle.stop().await;
     Ok(())
+}
+
+/// SIGHUP: re-read the config file; a bad one is logged and the old one keeps serving.
+async fn reload_on_sighup(core: std::sync::Arc<keybridge::server::Core>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; use POST /reload on the admin listener");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            if let Err(e) = core.reload_from_file().await {
+                tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = core;
 }
 
 async fn shutdown_signal() {

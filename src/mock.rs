@@ -115,6 +115,7 @@ impl MockCoupa {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             config: self,
+            token_failure: Mutex::default(),
             tokens: Mutex::default(),
             token_requests: AtomicU64::new(0),
             token_grants: AtomicU64::new(0),
@@ -144,6 +145,23 @@ impl MockCoupa {
             task,
         })
     }
+}
+
+/// A way the mock's token endpoint can misbehave (see [`MockHandle::set_token_failure`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenFailure {
+    /// Answer with this HTTP status and an HTML body.
+    Status(u16),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 200 with JSON lacking `access_token`.
+    NoAccessToken,
+    /// 200 with this exact JSON body (hostile tokens, lifetimes, …).
+    Body(String),
+    /// 400 `invalid_client`.
+    InvalidClient,
+    /// Never answer.
+    Hang,
 }
 
 /// What `/api/*` saw in one request.
@@ -202,6 +220,11 @@ impl MockHandle {
         lock(&self.state.requests).len()
     }
 
+    /// Makes the token endpoint misbehave (`None`: behave again).
+    pub fn set_token_failure(&self, failure: Option<TokenFailure>) {
+        *lock(&self.state.token_failure) = failure;
+    }
+
     /// Invalidates every issued token (as revoking a client in Coupa would).
     pub fn revoke_all_tokens(&self) {
         lock(&self.state.tokens).clear();
@@ -222,6 +245,7 @@ struct Issued {
 
 struct State {
     config: MockCoupa,
+    token_failure: Mutex<Option<TokenFailure>>,
     tokens: Mutex<HashMap<String, Issued>>,
     token_requests: AtomicU64,
     token_grants: AtomicU64,
@@ -249,6 +273,40 @@ impl State {
 
     async fn token(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         self.token_requests.fetch_add(1, Ordering::SeqCst);
+        let failure = lock(&self.token_failure).clone();
+        if let Some(failure) = failure {
+            return match failure {
+                TokenFailure::Status(code) => {
+                    let mut r = Response::new(Full::new(Bytes::from_static(
+                        b"<html>upstream trouble</html>",
+                    )));
+                    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+                    r
+                }
+                TokenFailure::Garbage => {
+                    Response::new(Full::new(Bytes::from_static(b"<html>not json</html>")))
+                }
+                TokenFailure::NoAccessToken => json_response(
+                    StatusCode::OK,
+                    &json!({"token_type": "bearer", "expires_in": 3600}),
+                ),
+                TokenFailure::Body(body) => {
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r
+                }
+                TokenFailure::InvalidClient => oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_client",
+                    "Client authentication failed",
+                ),
+                TokenFailure::Hang => {
+                    std::future::pending::<()>().await;
+                    Response::new(Full::new(Bytes::new()))
+                }
+            };
+        }
         if req.method() != Method::POST {
             return oauth_error(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,17 +28,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use arc_swap::ArcSwap;
+
 use crate::admin;
 use crate::audit::Audit;
 use crate::audit::store::StoreError;
-use crate::config::{Config, ServerSettings};
+use crate::config::{Config, ConfigError, ServerSettings};
 use crate::cutover::RateLimiter;
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, Shared};
+use crate::proxy::{ProxyService, Shared};
 use crate::stack;
-use crate::token::TokenCache;
 use crate::token::cache::Refreshers;
-use crate::upstream::{self, TlsSetupError};
+use crate::token::{TokenCache, TokenError};
+use crate::upstream::{self, HttpClient, TlsSetupError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,20 +55,21 @@ pub enum StartError {
     Audit(#[from] StoreError),
     #[error("cannot start worker thread: {0}")]
     Worker(std::io::Error),
+    #[error(transparent)]
+    ListenerTls(#[from] crate::tls::TlsError),
 }
 
 /// A started keybridge: its bound addresses and the means to stop it.
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub tokens: TokenCache,
+    pub core: Arc<Core>,
     pub audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     workers: Vec<oneshot::Receiver<()>>,
     flusher: JoinHandle<()>,
-    _refreshers: Refreshers,
 }
 
 impl Running {
@@ -89,8 +93,162 @@ impl Running {
     }
 }
 
-/// Builds state, binds listeners and starts serving.
+/// One proxy worker's swappable state, and the upstream pool it keeps across reloads.
+struct WorkerState {
+    current: Arc<ArcSwap<Shared>>,
+    http: HttpClient,
+}
+
+/// The state a reload replaces, and the parts it keeps (audit, metrics, pools).
+pub struct Core {
+    config: ArcSwap<Config>,
+    tokens: ArcSwap<TokenCache>,
+    refreshers: std::sync::Mutex<Refreshers>,
+    workers: Vec<WorkerState>,
+    audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
+    shadow_limiter: Arc<RateLimiter>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// Where SIGHUP and `POST /reload` read the new configuration from.
+    config_path: Option<PathBuf>,
+}
+
+/// Why a reload was refused; the old configuration keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("keybridge was started without a config file; nothing to reload from")]
+    NoConfigFile,
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("client `{client}`: Coupa rejected the new credentials: {error}")]
+    ClientRejected { client: Arc<str>, error: TokenError },
+    #[error(transparent)]
+    Audit(#[from] StoreError),
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadSummary {
+    pub integrations: usize,
+    pub clients: usize,
+    /// Clients that were new or changed and got a token before the switch.
+    pub new_clients: Vec<String>,
+    /// Settings that changed but only take effect after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+impl Core {
+    /// The configuration currently serving.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The token cache currently serving.
+    pub fn tokens(&self) -> Arc<TokenCache> {
+        self.tokens.load_full()
+    }
+
+    /// Reloads from the file keybridge was started with.
+    pub async fn reload_from_file(&self) -> Result<ReloadSummary, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let config = Config::load(path)?;
+        self.reload(config).await
+    }
+
+    /// Switches to `next` without dropping a request: new or changed clients get a
+    /// token first (a secret Coupa rejects aborts the reload; an unreachable token
+    /// endpoint does not), unchanged clients keep theirs, and in-flight requests finish
+    /// on the state they started with.
+    pub async fn reload(&self, next: Config) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.config();
+        let restart_needed = restart_needed(&old, &next);
+        let (tokens, fresh) = self
+            .tokens()
+            .reconfigure(next.clients.values(), next.token.clone())
+            .await;
+        for client in &fresh {
+            match tokens.prefetch(client).await {
+                Ok(()) => {}
+                Err(error @ TokenError::Rejected { .. }) => {
+                    return Err(ReloadError::ClientRejected {
+                        client: Arc::clone(client),
+                        error,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(client = %client, %error, "reload: no token yet for this client; it will be retried");
+                }
+            }
+        }
+        self.audit.adopt(&next).await?;
+        let next = Arc::new(next);
+        for worker in &self.workers {
+            worker.current.store(Arc::new(Shared::new(
+                Arc::clone(&next),
+                tokens.clone(),
+                worker.http.clone(),
+                Arc::clone(&self.audit.recorder),
+                Arc::clone(&self.metrics),
+                Arc::clone(&self.shadow_limiter),
+            )));
+        }
+        let refreshers = tokens.spawn_refreshers();
+        self.tokens.store(Arc::new(tokens));
+        self.config.store(Arc::clone(&next));
+        // The old refreshers stop here (aborted on drop).
+        *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()) = refreshers;
+        for setting in &restart_needed {
+            tracing::warn!(setting = %setting, "reload: this setting changed but only applies after a restart");
+        }
+        let summary = ReloadSummary {
+            integrations: next.integrations.len(),
+            clients: next.clients.len(),
+            new_clients: fresh.iter().map(|c| c.to_string()).collect(),
+            restart_needed,
+        };
+        tracing::info!(integrations = summary.integrations, clients = summary.clients, new_clients = ?summary.new_clients, "configuration reloaded");
+        Ok(summary)
+    }
+}
+
+/// Settings that a reload cannot apply to running listeners and pools.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, changed: bool| {
+        if changed {
+            out.push(name.to_owned());
+        }
+    };
+    check("listen", old.listen != new.listen);
+    check("admin_listen", old.admin_listen != new.admin_listen);
+    check(
+        "server",
+        format!("{:?}", old.server) != format!("{:?}", new.server),
+    );
+    check(
+        "upstream",
+        format!("{:?}", old.upstream) != format!("{:?}", new.upstream),
+    );
+    check(
+        "audit",
+        format!("{:?}", old.audit) != format!("{:?}", new.audit),
+    );
+    check("tls", format!("{:?}", old.tls) != format!("{:?}", new.tls));
+    out
+}
+
+/// Builds state, binds listeners and starts serving (no config file: no reload).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with_file(config, None).await
+}
+
+/// As [`start`], remembering `path` for SIGHUP and `POST /reload`.
+pub async fn start_with_file(
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let http = upstream::build_client(&config.upstream)?;
@@ -113,28 +271,55 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let worker_count = config.server.worker_count();
     let mut senders = Vec::with_capacity(worker_count);
     let mut workers = Vec::with_capacity(worker_count);
+    let mut states = Vec::with_capacity(worker_count);
+    let tls = crate::tls::acceptor(config.tls.as_ref())?;
+    let in_flight = stack::InFlight::new(config.server.max_in_flight);
     for index in 0..worker_count {
         // Each worker gets its own upstream pool: connection tasks live on its thread.
-        let shared = Arc::new(Shared::new(
+        let http = upstream::build_client(&config.upstream)?;
+        let current = Arc::new(ArcSwap::from_pointee(Shared::new(
             Arc::clone(&config),
             tokens.clone(),
-            upstream::build_client(&config.upstream)?,
+            http.clone(),
             Arc::clone(&audit.recorder),
             Arc::clone(&metrics),
             Arc::clone(&shadow_limiter),
-        ));
-        let (tx, done) = spawn_worker(index, shared, config.server.clone(), rx.clone())
-            .map_err(StartError::Worker)?;
+        )));
+        let (tx, done) = spawn_worker(
+            index,
+            Arc::clone(&current),
+            tls.clone(),
+            in_flight.clone(),
+            config.server.clone(),
+            rx.clone(),
+        )
+        .map_err(StartError::Worker)?;
         senders.push(tx);
         workers.push(done);
+        states.push(WorkerState { current, http });
     }
-    let proxy_task = tokio::spawn(accept(proxy_listener, senders, signalled(rx.clone())));
-    let flusher = audit.spawn_flusher(config.audit.flush_interval);
-    let admin_state = Arc::new(admin::AdminState {
-        tokens: tokens.clone(),
+    let core = Arc::new(Core {
+        config: ArcSwap::new(Arc::clone(&config)),
+        tokens: ArcSwap::from_pointee(tokens.clone()),
+        refreshers: std::sync::Mutex::new(refreshers),
+        workers: states,
         audit: Arc::clone(&audit),
         metrics: Arc::clone(&metrics),
-        config: Arc::clone(&config),
+        shadow_limiter,
+        reloading: tokio::sync::Mutex::new(()),
+        config_path,
+    });
+    let proxy_task = tokio::spawn(accept(
+        proxy_listener,
+        senders,
+        config.server.max_connections,
+        signalled(rx.clone()),
+    ));
+    let flusher = audit.spawn_flusher(config.audit.flush_interval);
+    let admin_state = Arc::new(admin::AdminState {
+        core: Arc::clone(&core),
+        audit: Arc::clone(&audit),
+        metrics: Arc::clone(&metrics),
     });
     let admin_task = tokio::spawn(serve(
         admin_listener,
@@ -153,14 +338,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         proxy_addr,
         admin_addr,
-        tokens,
+        core,
         audit,
         metrics,
         shutdown,
         tasks: vec![proxy_task, admin_task],
         workers,
         flusher,
-        _refreshers: refreshers,
     })
 }
 
@@ -180,23 +364,46 @@ async fn signalled(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-type Handoff = (std::net::TcpStream, SocketAddr);
+/// Counts an open caller connection until dropped.
+struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
 
-/// Accepts proxy connections and hands them to the workers in turn.
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+type Handoff = (std::net::TcpStream, SocketAddr, OpenConnection);
+
+/// Answered (then closed) to connections beyond `server.max_connections`.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 86\r\nconnection: close\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keybridge is at its connection limit; retry shortly\"}";
+
+/// Accepts proxy connections and hands them to the workers in turn; beyond
+/// `max_connections` open connections, answers 503 and closes.
 async fn accept(
     listener: TcpListener,
     workers: Vec<mpsc::UnboundedSender<Handoff>>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
+    use std::sync::atomic::Ordering;
     tokio::pin!(shutdown);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut next = 0usize;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    if open.fetch_add(1, Ordering::AcqRel) >= max_connections {
+                        open.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(%peer, max_connections, "connection limit reached; refusing");
+                        let _ = stream.try_write(OVERLOADED);
+                        continue;
+                    }
+                    let guard = OpenConnection(Arc::clone(&open));
                     let Ok(std) = stream.into_std() else { continue };
-                    let mut handoff = Some((std, peer));
+                    let mut handoff = Some((std, peer, guard));
                     for _ in 0..workers.len() {
                         let worker = &workers[next % workers.len()];
                         next = next.wrapping_add(1);
@@ -223,7 +430,9 @@ async fn accept(
 /// Starts worker `index` on its own thread and single-threaded runtime.
 fn spawn_worker(
     index: usize,
-    shared: Arc<Shared>,
+    current: Arc<ArcSwap<Shared>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    in_flight: stack::InFlight,
     settings: ServerSettings,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(mpsc::UnboundedSender<Handoff>, oneshot::Receiver<()>)> {
@@ -247,10 +456,24 @@ fn spawn_worker(
                 loop {
                     tokio::select! {
                         handoff = rx.recv() => {
-                            let Some((std, peer)) = handoff else { break };
+                            let Some((std, peer, open)) = handoff else { break };
                             let Ok(stream) = TcpStream::from_std(std) else { continue };
-                            let service = TowerToHyperService::new(stack::proxy_stack(Proxy::new(Arc::clone(&shared), peer)));
-                            spawn_connection(&builder, &graceful, stream, peer, service);
+                            let service = TowerToHyperService::new(stack::proxy_stack(
+                                ProxyService::new(Arc::clone(&current), peer),
+                                &in_flight,
+                            ));
+                            match &tls {
+                                None => spawn_connection(&builder, &graceful, stream, peer, service, Some(open)),
+                                Some(acceptor) => spawn_tls_connection(
+                                    &builder,
+                                    &graceful,
+                                    (acceptor.clone(), settings.header_read_timeout),
+                                    stream,
+                                    peer,
+                                    service,
+                                    open,
+                                ),
+                            }
                         }
                         () = &mut stop => break,
                     }
@@ -284,6 +507,7 @@ fn spawn_connection<S, B>(
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
+    open: Option<OpenConnection>,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
@@ -299,6 +523,47 @@ fn spawn_connection<S, B>(
         if let Err(e) = conn.await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+        drop(open);
+    });
+}
+
+/// As [`spawn_connection`], after a TLS handshake bounded by `handshake_timeout`.
+fn spawn_tls_connection<S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    (acceptor, handshake_timeout): (tokio_rustls::TlsAcceptor, Duration),
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    open: OpenConnection,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+        drop(open);
     });
 }
 
@@ -337,7 +602,7 @@ pub async fn serve<F, S, B>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(&builder, &graceful, stream, peer, make_service(peer));
+                    spawn_connection(&builder, &graceful, stream, peer, make_service(peer), None);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

@@ -19,8 +19,11 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::config::UpstreamSettings;
 
+/// A caller's request body, aborted if it stalls for `server.body_read_timeout`.
+pub type CallerBody = crate::proxy::body::IdleTimeout<Incoming>;
+
 /// Request bodies sent upstream: a caller's body streamed through, or one we built.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<CallerBody, Full<Bytes>>;
 
 /// The shared upstream client.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;

@@ -117,6 +117,27 @@ impl Audit {
         })
     }
 
+    /// After a reload: slots for new integrations, modes recorded (mode_since restarts
+    /// for integrations whose mode changed).
+    pub async fn adopt(&self, config: &Config) -> Result<(), StoreError> {
+        self.recorder
+            .ensure_slots(config.integrations.iter().map(|i| &i.name));
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let store = Arc::clone(store);
+        let modes: Vec<(Arc<str>, crate::config::Mode)> = config
+            .integrations
+            .iter()
+            .map(|i| (Arc::clone(&i.name), i.mode))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            store.sync_modes(modes.iter().map(|(n, m)| (&**n, *m)), unix_now())
+        })
+        .await
+        .unwrap_or(Ok(()))
+    }
+
     /// Writes what the recorder gathered since the last flush. On failure the data goes
     /// back into the recorder, to be retried next time.
     pub async fn flush(&self) -> Result<(), StoreError> {

@@ -161,7 +161,9 @@ impl Slot {
 /// The request recorder. Cheap to share (`Arc`).
 pub struct Recorder {
     enabled: bool,
-    integrations: HashMap<Arc<str>, Arc<Slot>>,
+    /// Grows on reload (new integrations), never shrinks: a slot an in-flight request
+    /// still holds is flushed like any other.
+    integrations: std::sync::RwLock<HashMap<Arc<str>, Arc<Slot>>>,
     others: Mutex<HashMap<Subject, Window>>,
     max_unknown_keys: usize,
 }
@@ -174,10 +176,12 @@ impl Recorder {
     ) -> Self {
         Recorder {
             enabled,
-            integrations: integration_names
-                .into_iter()
-                .map(|n| (Arc::clone(n), Arc::default()))
-                .collect(),
+            integrations: std::sync::RwLock::new(
+                integration_names
+                    .into_iter()
+                    .map(|n| (Arc::clone(n), Arc::default()))
+                    .collect(),
+            ),
             others: Mutex::default(),
             max_unknown_keys,
         }
@@ -187,9 +191,21 @@ impl Recorder {
         self.enabled
     }
 
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Slot>>> {
+        self.integrations.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The slot of a configured integration, for the proxy to keep beside it.
     pub fn slot(&self, integration: &str) -> Option<Arc<Slot>> {
-        self.integrations.get(integration).cloned()
+        self.slots().get(integration).cloned()
+    }
+
+    /// Adds slots for integrations a reloaded config introduced.
+    pub fn ensure_slots<'a>(&self, names: impl IntoIterator<Item = &'a Arc<str>>) {
+        let mut slots = self.integrations.write().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            slots.entry(Arc::clone(name)).or_default();
+        }
     }
 
     /// Records a request of a configured integration.
@@ -205,8 +221,8 @@ impl Recorder {
             return;
         }
         if let Subject::Integration(name) = &subject {
-            if let Some(slot) = self.integrations.get(name) {
-                return self.record_in(slot, event);
+            if let Some(slot) = self.slot(name) {
+                return self.record_in(&slot, event);
             }
         }
         let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
@@ -235,7 +251,7 @@ impl Recorder {
     /// Takes every non-empty window, leaving empty ones.
     pub fn take(&self) -> Vec<(Subject, Window)> {
         let mut out = Vec::new();
-        for (name, slot) in &self.integrations {
+        for (name, slot) in self.slots().iter() {
             let w = std::mem::take(&mut *slot.lock());
             if !w.is_empty() {
                 out.push((Subject::Integration(Arc::clone(name)), w));
@@ -251,8 +267,8 @@ impl Recorder {
         for (subject, w) in batch {
             let merge = |into: &mut Window| merge(into, w);
             match &subject {
-                Subject::Integration(name) if self.integrations.contains_key(name) => {
-                    if let Some(slot) = self.integrations.get(name) {
+                Subject::Integration(name) if self.slot(name).is_some() => {
+                    if let Some(slot) = self.slot(name) {
                         merge(&mut slot.lock());
                     }
                 }

@@ -33,7 +33,7 @@ use crate::error::ProxyError;
 use crate::keys::{Fingerprint, KeyMap};
 use crate::metrics::{Metrics, OutcomeCounters};
 use crate::token::TokenCache;
-use crate::upstream::{HttpClient, UpstreamBody};
+use crate::upstream::{CallerBody, HttpClient, UpstreamBody};
 use body::RequestBody;
 use headers::{Credential, X_COUPA_API_KEY};
 
@@ -147,7 +147,7 @@ impl Proxy {
     }
 
     /// Handles one request; never fails (errors become JSON responses).
-    pub async fn handle(self, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle(self, req: Request<CallerBody>) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let endpoint = format!("{method} {}", template(req.uri().path()));
@@ -211,7 +211,7 @@ impl Proxy {
 
     /// Authenticates the request and sends it down the route its integration's mode
     /// chooses.
-    async fn dispatch(&self, req: Request<Incoming>, endpoint: &str) -> Handled {
+    async fn dispatch(&self, req: Request<CallerBody>, endpoint: &str) -> Handled {
         if let Err(e) = refuse_unsupported(&req) {
             return Handled::rejected(Who::Anonymous, e);
         }
@@ -256,7 +256,7 @@ impl Proxy {
     }
 
     /// No key: a native bearer caller, or nobody.
-    async fn without_key(&self, req: Request<Incoming>) -> Handled {
+    async fn without_key(&self, req: Request<CallerBody>) -> Handled {
         let bearer = req
             .headers()
             .get(AUTHORIZATION)
@@ -283,7 +283,7 @@ impl Proxy {
     /// A key no integration owns.
     async fn unknown_key(
         &self,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
         fp: Fingerprint,
         key: &HeaderValue,
     ) -> Handled {
@@ -304,7 +304,7 @@ impl Proxy {
 
     async fn forward_key(
         &self,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
         instance: &Instance,
         key: &HeaderValue,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -314,7 +314,7 @@ impl Proxy {
     /// Streams the request to `instance` with `credential`; no retry.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
         instance: &Instance,
         credential: Credential<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -332,7 +332,7 @@ impl Proxy {
     /// `shadow`: serve with the key, then replay a copy with OAuth in the background.
     async fn forward_key_and_shadow(
         &self,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
         caller: Arc<Caller>,
         key: &HeaderValue,
         endpoint: &str,
@@ -370,11 +370,12 @@ impl Proxy {
     }
 
     /// `oauth` and canary's OAuth share. With `fallback_key` (canary), a 401/403 is
-    /// retried once with the key; without it (oauth), a 401 is retried once with a
-    /// fresh token. Either only when the body was buffered. Never more than one retry.
+    /// retried once with the key when the body was buffered (≤ replay_body_limit);
+    /// without it (oauth), a bodiless request is retried once with a fresh token after a
+    /// 401. Never more than one retry.
     async fn forward_oauth(
         &self,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
         caller: Arc<Caller>,
         fallback_key: Option<&HeaderValue>,
     ) -> Handled {
@@ -409,12 +410,16 @@ impl Proxy {
             Ok(out) => out,
             Err(e) => return Handled::rejected(who(), e),
         };
-        let mut body =
-            match RequestBody::replayable(body, self.shared.config.cutover.replay_body_limit).await
-            {
-                Ok(body) => body,
-                Err(e) => return Handled::rejected(who(), e),
-            };
+        // canary buffers small bodies so a 401/403 can fall back to the key; oauth
+        // streams every body (no per-request buffering) and retries only bodiless ones.
+        let limit = match fallback_key {
+            Some(_) => self.shared.config.cutover.replay_body_limit,
+            None => 0,
+        };
+        let mut body = match RequestBody::replayable(body, limit).await {
+            Ok(body) => body,
+            Err(e) => return Handled::rejected(who(), e),
+        };
         let response = match self
             .send(
                 out.build(Credential::Bearer(token.authorization()), body.send_body()),
@@ -592,7 +597,7 @@ fn who_name(who: &Who) -> String {
 }
 
 /// CONNECT tunnels and protocol upgrades would bypass the header rewrite.
-fn refuse_unsupported(req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn refuse_unsupported(req: &Request<CallerBody>) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
     }
@@ -622,7 +627,22 @@ fn pass_back(response: Response<Incoming>) -> Response<ResponseBody> {
     Response::from_parts(parts, Either::Left(body))
 }
 
-impl tower::Service<Request<Incoming>> for Proxy {
+/// The proxy as a tower service for one caller connection. Each request runs on the
+/// [`Shared`] state current when it arrives, so a reload never affects a request in
+/// progress and applies to the next one on every connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    current: Arc<arc_swap::ArcSwap<Shared>>,
+    peer: SocketAddr,
+}
+
+impl ProxyService {
+    pub fn new(current: Arc<arc_swap::ArcSwap<Shared>>, peer: SocketAddr) -> Self {
+        ProxyService { current, peer }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for ProxyService {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -632,7 +652,9 @@ impl tower::Service<Request<Incoming>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        let proxy = Proxy::new(self.current.load_full(), self.peer);
+        let idle = proxy.shared.config.server.body_read_timeout;
+        let req = req.map(|body| body::IdleTimeout::new(body, idle));
+        Box::pin(async move { Ok(proxy.handle(req).await) })
     }
 }

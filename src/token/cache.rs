@@ -203,6 +203,12 @@ impl TokenCache {
     /// Fetches a new token unless the cached one is still before its refresh time.
     /// Concurrent calls for one client run one at a time, each re-checking first.
     async fn refresh(&self, name: &str) -> Result<Slot, TokenError> {
+        self.refresh_inner(name, true).await
+    }
+
+    /// `respect_backoff: false` for the background refresher, which owns the retry
+    /// schedule; request-path callers inside the backoff get the last error at once.
+    async fn refresh_inner(&self, name: &str, respect_backoff: bool) -> Result<Slot, TokenError> {
         let inner = &self.inner;
         let client = inner
             .clients
@@ -220,7 +226,7 @@ impl TokenCache {
                         return Ok(Op::Nop); // someone refreshed while we queued
                     }
                 }
-                if let Some(err) = self.recent_failure(name, queued_at, now) {
+                if let Some(err) = self.recent_failure(name, queued_at, now, respect_backoff) {
                     // A fetch failed while we queued, or we are inside the backoff
                     // after a failure: share that result instead of asking again.
                     return Err(err);
@@ -243,6 +249,46 @@ impl TokenCache {
                 "token cache entry vanished during refresh".into(),
             )),
         }
+    }
+
+    /// A cache for a new configuration (hot reload). Clients whose credentials are
+    /// unchanged keep their cached token and history; returned beside the cache are the
+    /// clients that are new or changed, which have no token yet.
+    pub async fn reconfigure<'a>(
+        &self,
+        clients: impl IntoIterator<Item = &'a Arc<Client>>,
+        settings: TokenSettings,
+    ) -> (TokenCache, Vec<Arc<str>>) {
+        let next = TokenCache::new(
+            clients,
+            self.inner.http.clone(),
+            settings,
+            Arc::clone(&self.inner.metrics),
+        );
+        // Serials keep counting, so an in-flight 401 for an old token can never match a
+        // new one.
+        next.inner
+            .serial
+            .store(self.inner.serial.load(Ordering::Relaxed), Ordering::Relaxed);
+        let mut fresh = Vec::new();
+        for (name, client) in &next.inner.clients {
+            match self.inner.clients.get(name) {
+                Some(old) if same_credentials(old, client) => {
+                    if let Some(slot) = self.inner.cache.get(&**name).await {
+                        next.inner.cache.insert(Arc::clone(name), slot).await;
+                    }
+                    let history = self.status_lock(name).clone();
+                    *next.status_lock(name) = history;
+                }
+                _ => fresh.push(Arc::clone(name)),
+            }
+        }
+        (next, fresh)
+    }
+
+    /// Fetches `client`'s first token now (reload: before the new config serves).
+    pub async fn prefetch(&self, client: &str) -> Result<(), TokenError> {
+        self.refresh_inner(client, false).await.map(|_| ())
     }
 
     /// Drops `client`'s token after Coupa refused it (401), but only if the cached
@@ -351,10 +397,16 @@ impl TokenCache {
         }
     }
 
-    fn recent_failure(&self, name: &str, queued_at: Instant, now: Instant) -> Option<TokenError> {
+    fn recent_failure(
+        &self,
+        name: &str,
+        queued_at: Instant,
+        now: Instant,
+        respect_backoff: bool,
+    ) -> Option<TokenError> {
         let status = self.status_lock(name);
         let failed_while_queued = status.last_failure_at.is_some_and(|at| at >= queued_at);
-        let backing_off = status.retry_at.is_some_and(|at| now < at);
+        let backing_off = respect_backoff && status.retry_at.is_some_and(|at| now < at);
         if failed_while_queued || backing_off {
             status.last_error.clone()
         } else {
@@ -396,15 +448,27 @@ impl TokenCache {
             if let Some(slot) = self.inner.cache.get(&*name).await {
                 tokio::time::sleep_until(slot.current.refresh_at.into()).await;
             }
-            let result = self.refresh(&name).await;
+            let result = self.refresh_inner(&name, false).await;
             // Never spin: after a failure wait out the backoff the failure set; after a
             // success, at least a second (a token may arrive already due for refresh).
+            let now = Instant::now();
             let pause_until = match result {
-                Ok(_) => Instant::now() + Duration::from_secs(1),
-                Err(_) => self
-                    .status_lock(&name)
-                    .retry_at
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(1)),
+                Ok(_) => now + Duration::from_secs(1),
+                Err(_) => {
+                    let backoff = self
+                        .status_lock(&name)
+                        .retry_at
+                        .unwrap_or(now + Duration::from_secs(1));
+                    // While a token is still valid, retry at least every half of its
+                    // remaining life, so an outage that ends before expiry costs nothing.
+                    match self.inner.cache.get(&*name).await {
+                        Some(slot) if now < slot.current.expires_at => {
+                            let half = (slot.current.expires_at - now) / 2;
+                            backoff.min(now + half.max(Duration::from_millis(200)))
+                        }
+                        _ => backoff,
+                    }
+                }
             };
             tokio::time::sleep_until(pause_until.into()).await;
         }
@@ -449,6 +513,17 @@ impl TokenCache {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+}
+
+/// Whether a token fetched for `a` is valid for `b`.
+fn same_credentials(a: &Client, b: &Client) -> bool {
+    a.client_id == b.client_id
+        && a.client_secret == b.client_secret
+        && a.scopes == b.scopes
+        && a.auth == b.auth
+        && a.instance.token_url == b.instance.token_url
+        && a.instance.scheme == b.instance.scheme
+        && a.instance.authority == b.instance.authority
 }
 
 /// One client's state as reported by [`TokenCache::status`].
