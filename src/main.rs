@@ -148,7 +148,11 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let running = keybridge::server::start_with_file(config, Some(path.to_owned())).await?;
+    let source = keybridge::server::ConfigSource {
+        path: path.to_owned(),
+        env: std::sync::Arc::new(keybridge::config::ProcessEnv),
+    };
+    let running = keybridge::server::start_with_file(config, Some(source)).await?;
     let core = std::sync::Arc::clone(&running.core);
     let _reloader = tokio::spawn(async move {
         reload_on_sighup(core).await;

@@ -111,7 +111,13 @@ pub struct Core {
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     /// Where SIGHUP and `POST /reload` read the new configuration from.
-    config_path: Option<PathBuf>,
+    source: Option<ConfigSource>,
+}
+
+/// The file (and environment for `${VAR}`) a reload reads.
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub env: Arc<dyn crate::config::Env + Send + Sync>,
 }
 
 /// Why a reload was refused; the old configuration keeps serving.
@@ -151,8 +157,8 @@ impl Core {
 
     /// Reloads from the file keybridge was started with.
     pub async fn reload_from_file(&self) -> Result<ReloadSummary, ReloadError> {
-        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
-        let config = Config::load(path)?;
+        let source = self.source.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let config = Config::load_with_env(&source.path, &*source.env)?;
         self.reload(config).await
     }
 
@@ -247,7 +253,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// As [`start`], remembering `path` for SIGHUP and `POST /reload`.
 pub async fn start_with_file(
     config: Config,
-    config_path: Option<PathBuf>,
+    source: Option<ConfigSource>,
 ) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
@@ -307,7 +313,7 @@ pub async fn start_with_file(
         metrics: Arc::clone(&metrics),
         shadow_limiter,
         reloading: tokio::sync::Mutex::new(()),
-        config_path,
+        source,
     });
     let proxy_task = tokio::spawn(accept(
         proxy_listener,

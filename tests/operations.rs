@@ -1,0 +1,367 @@
+//! Operating keybridge: hot reload without dropping requests, graceful shutdown, TLS on
+//! the proxy listener, and the admin token.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use keybridge::mock::{MockAuth, MockCoupa};
+use support::*;
+
+const SECOND_KEY: &str = "second-key-000000000000000000000000000000";
+
+/// A config file on disk (reload reads it), started with the file remembered.
+async fn start_from_file(yaml: &str) -> (std::path::PathBuf, keybridge::server::Running) {
+    let _ = logs(); // install the log capture
+    let path = temp_path("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let source = keybridge::server::ConfigSource {
+        path: path.clone(),
+        env: Arc::new(env()),
+    };
+    let running = keybridge::server::start_with_file(parse(yaml), Some(source))
+        .await
+        .unwrap();
+    wait_ready(running.admin_addr).await;
+    (path, running)
+}
+
+async fn reload(admin: std::net::SocketAddr) -> (StatusCode, serde_json::Value) {
+    let (status, _, body) = send(Method::POST, admin, "/reload", &[], Bytes::new()).await;
+    (status, json(&body))
+}
+
+fn with_second_integration(yaml: &str, client_block: &str, client: &str) -> String {
+    yaml.replace("integrations:\n", &format!("{client_block}integrations:\n  - name: second\n    api_key: {SECOND_KEY}\n    client: {client}\n"))
+}
+
+#[tokio::test]
+async fn reload_adds_an_integration_and_keeps_unchanged_tokens() {
+    let mock = mock()
+        .client("second-client", "second-secret", &["core.invoice.read"])
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let yaml = config_yaml(&mock.base_url(), "");
+    let (path, proxy) = start_from_file(&yaml).await;
+    assert_eq!(
+        get(
+            proxy.proxy_addr,
+            "/api/invoices/1",
+            &[("x-coupa-api-key", SECOND_KEY)]
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(mock.token_requests(), 1);
+
+    // Requests keep flowing during the reload.
+    let addr = proxy.proxy_addr;
+    let traffic = tokio::spawn(async move {
+        let client = client();
+        for _ in 0..300 {
+            let (status, _, _) = send_with(
+                &client,
+                Method::GET,
+                addr,
+                "/api/invoices/1",
+                &[("x-coupa-api-key", KEY)],
+                Bytes::new(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "no request fails across a reload");
+        }
+    });
+    let client_block = "  second:\n    instance: prod\n    client_id: second-client\n    client_secret: second-secret\n    scopes: [core.invoice.read]\n";
+    let next = with_second_integration(
+        &yaml.replace("clients:\n", &format!("clients:\n{client_block}")),
+        "",
+        "second",
+    );
+    std::fs::write(&path, &next).unwrap();
+    let (status, body) = reload(proxy.admin_addr).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["summary"]["new_clients"],
+        serde_json::json!(["second"])
+    );
+    traffic.await.unwrap();
+
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", SECOND_KEY)],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the new integration works after the reload"
+    );
+    assert_eq!(
+        mock.requests().last().unwrap().auth,
+        MockAuth::Bearer {
+            client_id: "second-client".into()
+        }
+    );
+    assert_eq!(
+        mock.token_requests(),
+        2,
+        "erp-sync kept its token; only the new client fetched one"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_reload_is_refused_and_the_old_config_keeps_serving() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&mock.base_url(), "");
+    let (path, proxy) = start_from_file(&yaml).await;
+
+    std::fs::write(&path, yaml.replace("client: erp-sync", "client: nope")).unwrap();
+    let (status, body) = reload(proxy.admin_addr).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("integrations[0].client"),
+        "{body}"
+    );
+
+    // A new client whose secret Coupa rejects aborts the reload, naming it.
+    let client_block = "  second:\n    instance: prod\n    client_id: second-client\n    client_secret: wrong-secret\n";
+    std::fs::write(
+        &path,
+        with_second_integration(
+            &yaml.replace("clients:\n", &format!("clients:\n{client_block}")),
+            "",
+            "second",
+        ),
+    )
+    .unwrap();
+    let (status, body) = reload(proxy.admin_addr).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("`second`") && message.contains("invalid_client"),
+        "{message}"
+    );
+    assert!(!message.contains("wrong-secret"));
+
+    assert_eq!(
+        get(
+            proxy.proxy_addr,
+            "/api/invoices/1",
+            &[("x-coupa-api-key", KEY)]
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(
+            proxy.proxy_addr,
+            "/api/invoices/1",
+            &[("x-coupa-api-key", SECOND_KEY)]
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(logs().contains("reload refused"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_token_endpoint_does_not_block_a_reload() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&mock.base_url(), "");
+    let (path, proxy) = start_from_file(&yaml).await;
+    let closed = closed_addr().await;
+    let block = format!("instances:\n  elsewhere:\n    base_url: http://{closed}\n");
+    let client_block =
+        "  second:\n    instance: elsewhere\n    client_id: second-client\n    client_secret: s\n";
+    let next = with_second_integration(
+        &yaml.replace("clients:\n", &format!("clients:\n{client_block}")),
+        "",
+        "second",
+    )
+    .replace("instances:\n", &block)
+    .replace(
+        &format!("instances:\n  elsewhere:\n    base_url: http://{closed}\n  prod:"),
+        &format!("instances:\n  elsewhere:\n    base_url: http://{closed}\n  prod:"),
+    );
+    let next = next.replace("audit:", "default_instance: prod\naudit:");
+    std::fs::write(&path, next).unwrap();
+    let (status, body) = reload(proxy.admin_addr).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let m = MockCoupa::new().client(
+        "erp-sync-client",
+        SECRET,
+        &["core.invoice.read", "core.invoice.write"],
+    );
+    let (mock, proxy) = start_pair(m, "").await;
+    // A slow upload: the body trickles in while shutdown starts.
+    let addr = proxy.proxy_addr;
+    let upload = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("POST /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"world").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = std::time::Instant::now();
+    proxy.shutdown().await;
+    let reply = upload.await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("helloworld"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(mock.api_hits(), 1);
+    // And the listener is closed.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_everything_but_healthz() {
+    let extra = "admin_token: admin-token-0123456789\n";
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let proxy = start_proxy(&config_yaml(&mock.base_url(), extra)).await;
+    let admin = proxy.admin_addr;
+    assert_eq!(get(admin, "/healthz", &[]).await.0, StatusCode::OK);
+    for path in ["/readyz", "/audit", "/metrics", "/tokens", "/"] {
+        let (status, headers, body) = get(admin, path, &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(
+            headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic")
+        );
+        assert!(!String::from_utf8_lossy(&body).contains("admin-token"));
+        assert_eq!(
+            get(
+                admin,
+                path,
+                &[("authorization", "Bearer wrong-token-000000")]
+            )
+            .await
+            .0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        send(Method::POST, admin, "/reload", &[], Bytes::new())
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(
+            admin,
+            "/tokens",
+            &[("authorization", "Bearer admin-token-0123456789")]
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    // A browser opening the dashboard uses Basic with the token as password.
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("admin:admin-token-0123456789")
+    );
+    assert_eq!(
+        get(admin, "/", &[("authorization", &basic)]).await.0,
+        StatusCode::OK
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_on_the_proxy_listener_serves_http1_and_h2() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let extra = format!(
+        "tls:\n  cert: {}\n  key: {}\n",
+        fixtures.join("server.pem").display(),
+        fixtures.join("server.key").display()
+    );
+    let proxy = start_proxy(&config_yaml(&mock.base_url(), &extra)).await;
+    wait_ready(proxy.admin_addr).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(fixtures.join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    for h2 in [false, true] {
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_only();
+        let connector = if h2 {
+            b.enable_http2().build()
+        } else {
+            b.enable_http1().build()
+        };
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(h2)
+                .build(connector);
+        let req = http::Request::get(format!(
+            "https://localhost:{}/api/invoices/1",
+            proxy.proxy_addr.port()
+        ))
+        .header("x-coupa-api-key", KEY)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.version(),
+            if h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            }
+        );
+    }
+    // Plain HTTP to the TLS listener gets nowhere.
+    let reply = raw_exchange(
+        proxy.proxy_addr,
+        format!("GET /api/invoices/1 HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(!reply.contains("200 OK"));
+    assert_eq!(mock.api_hits(), 2);
+    proxy.shutdown().await;
+}
