@@ -44,6 +44,10 @@ pub enum ProxyError {
     },
     #[error("Coupa instance `{instance}` unreachable: {cause}")]
     UpstreamUnreachable { instance: Arc<str>, cause: String },
+    #[error(
+        "Coupa instance `{instance}` sent a response with both Transfer-Encoding and Content-Length"
+    )]
+    UpstreamBadFraming { instance: Arc<str> },
     #[error("Coupa instance `{instance}` did not respond within {after:?}")]
     UpstreamTimeout { instance: Arc<str>, after: Duration },
     #[error("internal error: {0}")]
@@ -113,6 +117,11 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY,
                 "upstream_unreachable",
                 format!("Coupa instance `{instance}` could not be reached"),
+            ),
+            ProxyError::UpstreamBadFraming { instance } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_bad_framing",
+                format!("Coupa instance `{instance}` sent an ambiguously framed response"),
             ),
             ProxyError::UpstreamTimeout { instance, after } => (
                 StatusCode::GATEWAY_TIMEOUT,

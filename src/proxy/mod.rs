@@ -500,6 +500,14 @@ pub(crate) async fn send(
     let result = tokio::time::timeout(limit, shared.http.request(request)).await;
     shared.metrics.observe_upstream(started.elapsed());
     match result {
+        Ok(Ok(response)) if ambiguous_framing(response.headers()) => {
+            // RFC 9112 §6.3: a message with both may be a smuggling or splitting attempt
+            // and ought to be handled as an error. Dropping the unread body also keeps
+            // that connection out of the pool.
+            Err(ProxyError::UpstreamBadFraming {
+                instance: Arc::clone(&instance.name),
+            })
+        }
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
             instance: Arc::clone(&instance.name),
@@ -510,6 +518,12 @@ pub(crate) async fn send(
             after: limit,
         }),
     }
+}
+
+/// True when a response carries both `Transfer-Encoding` and `Content-Length`.
+fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers.contains_key(http::header::CONTENT_LENGTH)
 }
 
 /// The upstream request minus its credential and body: the instance's origin with the

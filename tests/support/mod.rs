@@ -19,6 +19,8 @@ use keybridge::config::Config;
 use keybridge::mock::{MockCoupa, MockHandle};
 use keybridge::server::Running;
 
+pub mod raw;
+
 pub const KEY: &str = "0123456789abcdef0123456789abcdef01234567";
 pub const SECRET: &str = "erp-sync-secret-5f1c9a7e";
 
