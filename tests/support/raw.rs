@@ -160,7 +160,7 @@ fn ok_response() -> String {
 
 /// Closes with RST instead of FIN.
 fn reset(stream: TcpStream) {
-    let _ = stream.set_linger(Some(Duration::ZERO));
+    let _ = stream.set_zero_linger();
     drop(stream);
 }
 
