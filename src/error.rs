@@ -28,6 +28,8 @@ pub enum ProxyError {
     BearerRejected,
     #[error("integration `{integration}` is denied: it must move to OAuth")]
     Denied { integration: Arc<str> },
+    #[error("the caller stopped sending its request body")]
+    ClientBodyTimeout,
     #[error("could not read the request body: {0}")]
     ClientBody(String),
     #[error("integration `{integration}` has no Coupa instance to forward to")]
@@ -84,6 +86,11 @@ impl ProxyError {
                 format!(
                     "integration `{integration}` may no longer use an API key: it must move to an OAuth 2.0 client (ask your Coupa integration admin)"
                 ),
+            ),
+            ProxyError::ClientBodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                "the request body stalled; nothing was completed at Coupa".into(),
             ),
             ProxyError::ClientBody(_) => (
                 StatusCode::BAD_REQUEST,

@@ -399,7 +399,14 @@ impl State {
 
     async fn api(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
-        let body = read_body(body, 512 * 1024 * 1024).await.unwrap_or_default();
+        // Like Coupa, act only on complete requests: a body cut short (caller stalled,
+        // proxy gave up) is neither recorded nor processed.
+        let Ok(body) = read_body(body, 512 * 1024 * 1024).await else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"errors": {"request": ["incomplete request body"]}}),
+            );
+        };
         let target = parts
             .uri
             .path_and_query()

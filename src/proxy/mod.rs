@@ -509,6 +509,10 @@ pub(crate) async fn send(
             })
         }
         Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) if caused_by::<body::BodyIdle>(&e) => Err(ProxyError::ClientBodyTimeout),
+        Ok(Err(e)) if caller_body_failed(&e) => {
+            Err(ProxyError::ClientBody(crate::error::chain(&e)))
+        }
         Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable {
             instance: Arc::clone(&instance.name),
             cause: crate::error::chain(&e),
@@ -518,6 +522,33 @@ pub(crate) async fn send(
             after: limit,
         }),
     }
+}
+
+/// True when `T` is somewhere in `e`'s source chain.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<T>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// True when sending failed because the caller's body did (bad chunking, disconnect):
+/// the caller's fault, not Coupa's.
+fn caller_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// True when a response carries both `Transfer-Encoding` and `Content-Length`.
@@ -618,6 +649,7 @@ fn refuse_unsupported(req: &Request<CallerBody>) -> Result<(), ProxyError> {
     if req.headers().contains_key(http::header::UPGRADE) {
         return Err(ProxyError::UpgradeRefused);
     }
+
     if uri::path_and_query(req.uri()).is_none() {
         return Err(ProxyError::MethodNotAllowed(req.method().clone()));
     }

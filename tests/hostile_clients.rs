@@ -1,0 +1,390 @@
+//! Callers that are broken or hostile: request smuggling shapes, oversized heads, key
+//! headers in odd spellings, slowloris, connection and request floods, and thousands of
+//! made-up keys. Each is refused at the edge and never reaches Coupa, while well-behaved
+//! callers keep being served.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use support::raw::RawUpstream;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn status_of(reply: &str) -> &str {
+    reply.get(9..12).unwrap_or(reply)
+}
+
+#[tokio::test]
+async fn request_smuggling_shapes_are_refused_and_never_forwarded() {
+    let (mock, proxy) = start_pair(mock(), "").await;
+    let head = format!("POST /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\n");
+    // CL+TE: hyper drops the length, reads the chunked body and closes the connection
+    // after answering (RFC 9112 §6.3). keybridge re-frames what it forwards, so Coupa sees
+    // one unambiguous request and the bytes smuggled after the chunked body are dropped
+    // with the connection.
+    let cl_te = format!(
+        "{head}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+         GET /api/users HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\n\r\n"
+    );
+    let reply = raw_exchange(proxy.proxy_addr, cl_te.as_bytes()).await;
+    assert_eq!(
+        reply.matches("HTTP/1.1").count(),
+        1,
+        "one response, then close: {reply}"
+    );
+    assert!(reply.to_ascii_lowercase().contains("connection: close"));
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/api/invoices");
+    assert_eq!(seen[0].body_len, 0, "the chunked reading, re-framed");
+    assert!(
+        seen[0].headers.get("transfer-encoding").is_none()
+            || seen[0].headers.get("content-length").is_none()
+    );
+
+    let cases = [
+        (
+            "two Content-Lengths",
+            format!("{head}Content-Length: 4\r\nContent-Length: 40\r\n\r\nbody"),
+        ),
+        (
+            "Content-Length list",
+            format!("{head}Content-Length: 4, 40\r\n\r\nbody"),
+        ),
+        (
+            "signed Content-Length",
+            format!("{head}Content-Length: +4\r\n\r\nbody"),
+        ),
+        (
+            "obs-fold",
+            format!("{head}X-Note: a\r\n  folded\r\nContent-Length: 4\r\n\r\nbody"),
+        ),
+        (
+            "bad chunk size",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "TE not ending in chunked",
+            format!("{head}Transfer-Encoding: chunked, identity\r\n\r\n4\r\nbody\r\n0\r\n\r\n"),
+        ),
+        (
+            "space before colon",
+            format!("{head}Content-Length : 4\r\n\r\nbody"),
+        ),
+    ];
+    for (name, request) in cases {
+        let reply = raw_exchange(proxy.proxy_addr, request.as_bytes()).await;
+        assert_eq!(status_of(&reply), "400", "{name}: {reply:.200}");
+        assert_eq!(
+            reply.matches("HTTP/1.1").count(),
+            1,
+            "{name}: nothing smuggled after the refusal"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(mock.api_hits(), 1, "no other smuggling shape reached Coupa");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_heads_and_uris_are_refused_without_reaching_coupa() {
+    let (mock, proxy) = start_pair(mock(), "").await;
+    let key = format!("X-COUPA-API-KEY: {KEY}\r\n");
+    let big_header = format!(
+        "GET /api/invoices HTTP/1.1\r\nHost: x\r\n{key}X-Big: {}\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
+    let many_headers = format!(
+        "GET /api/invoices HTTP/1.1\r\nHost: x\r\n{key}{}\r\n",
+        (0..500)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let long_uri = format!(
+        "GET /api/invoices?q={} HTTP/1.1\r\nHost: x\r\n{key}\r\n",
+        "a".repeat(70_000)
+    );
+    for (name, request, want) in [
+        ("512 KiB header", big_header, "431"),
+        ("500 headers", many_headers, "431"),
+        ("70 KB URI", long_uri, "414"),
+    ] {
+        let reply = raw_exchange(proxy.proxy_addr, request.as_bytes()).await;
+        assert_eq!(status_of(&reply), want, "{name}: {reply:.200}");
+    }
+    assert_eq!(mock.api_hits(), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn key_headers_in_odd_spellings_never_reach_coupa() {
+    let (mock, proxy) = start_pair(mock(), "").await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[
+            ("x-coupa-api-key", KEY),
+            ("x_coupa_api_key", KEY),
+            ("X_Coupa-Api_Key", "another-key-that-must-not-leak"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = &mock.requests()[0];
+    for (name, value) in &seen.headers {
+        let n = name.as_str().replace('_', "-");
+        assert_ne!(n, "x-coupa-api-key", "a key header reached Coupa");
+        assert!(
+            !value
+                .as_bytes()
+                .windows(KEY.len())
+                .any(|w| w == KEY.as_bytes())
+        );
+    }
+    assert_eq!(seen.headers.get_all("authorization").iter().count(), 1);
+
+    // An odd spelling alone is not a key: refused as keyless, nothing forwarded.
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x_coupa_api_key", KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(json(&body)["error"], "missing_api_key");
+    assert_eq!(mock.api_hits(), 1);
+    proxy.shutdown().await;
+}
+
+/// Writes `bytes` one at a time, `every` apart, until keybridge closes the connection;
+/// returns how long that took (or None if it never did within `give_up`).
+async fn trickle(
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+    every: Duration,
+    give_up: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        for b in bytes.iter().cycle() {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+    };
+    let reader = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let closed = tokio::time::timeout(give_up, async {
+        tokio::select! {
+            () = reader => {},
+            () = writer => {},
+        }
+    })
+    .await;
+    closed.ok().map(|()| started.elapsed())
+}
+
+#[tokio::test]
+async fn slowloris_heads_and_bodies_are_cut_off_without_starving_others() {
+    let extra = "server:\n  header_read_timeout: 1s\n  body_read_timeout: 1s\n";
+    let (mock, proxy) = start_pair(mock(), extra).await;
+    let addr = proxy.proxy_addr;
+    let head =
+        format!("GET /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nX-Pad: ");
+    let slow_heads: Vec<_> = (0..20)
+        .map(|_| {
+            let head = head.clone();
+            tokio::spawn(async move {
+                trickle(
+                    addr,
+                    head.as_bytes(),
+                    Duration::from_millis(200),
+                    Duration::from_secs(5),
+                )
+                .await
+            })
+        })
+        .collect();
+    let body_head = format!(
+        "POST /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nContent-Length: 100000\r\n\r\n"
+    );
+    let slow_body = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(body_head.as_bytes()).await.unwrap();
+        s.write_all(&[b'x'; 100]).await.unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        // Then nothing: keybridge must give up on the body and close.
+        let done = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        (
+            done.is_ok(),
+            started.elapsed(),
+            String::from_utf8_lossy(&out).into_owned(),
+        )
+    });
+
+    // Meanwhile, a well-behaved caller is served promptly.
+    let client = client();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (status, _, _) = send_with(
+            &client,
+            Method::GET,
+            addr,
+            "/api/invoices",
+            &[("x-coupa-api-key", KEY)],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for t in slow_heads {
+        let took = t.await.unwrap().expect("a trickled head was cut off");
+        assert!(took < Duration::from_millis(2500), "cut off after {took:?}");
+    }
+    let (closed, took, reply) = slow_body.await.unwrap();
+    assert!(closed, "a trickled body was cut off");
+    assert!(took < Duration::from_millis(2500), "after {took:?}");
+    assert_eq!(status_of(&reply), "408", "told it timed out: {reply:.200}");
+    assert!(reply.contains("request_body_timeout"));
+    assert!(
+        mock.requests().iter().all(|r| r.method == Method::GET),
+        "the unfinished upload never completed at Coupa"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_get_a_503() {
+    let (_mock, proxy) = start_pair(mock(), "server:\n  max_connections: 4\n").await;
+    let addr = proxy.proxy_addr;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let request = format!(
+        "GET /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n"
+    );
+    let reply = raw_exchange(addr, request.as_bytes()).await;
+    assert_eq!(status_of(&reply), "503", "{reply:.200}");
+
+    drop(held.pop());
+    let mut reply = String::new();
+    for _ in 0..50 {
+        reply = raw_exchange(addr, request.as_bytes()).await;
+        if status_of(&reply) == "200" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status_of(&reply),
+        "200",
+        "a freed slot is reused: {reply:.200}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_cap_get_a_503() {
+    let raw = RawUpstream::start().await;
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&raw.base_url(), "server:\n  max_in_flight: 2\n");
+    let proxy = start_proxy(&with_token_url(&yaml, &mock.base_url())).await;
+    wait_ready(proxy.admin_addr).await;
+    let addr = proxy.proxy_addr;
+    let hanging: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move { get(addr, "/api/hang", &[("x-coupa-api-key", KEY)]).await })
+        })
+        .collect();
+    for _ in 0..100 {
+        if raw.hits("/api/hang") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(raw.hits("/api/hang"), 2);
+    let (status, _, body) = get(addr, "/api/ok", &[("x-coupa-api-key", KEY)]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&body)["error"], "overloaded");
+
+    // Callers giving up free their slots.
+    for h in hanging {
+        h.abort();
+    }
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        status = get(addr, "/api/ok", &[("x-coupa-api-key", KEY)]).await.0;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn thousands_of_bogus_keys_stay_bounded_and_never_reach_coupa() {
+    let (mock, proxy) = start_pair(mock(), "  max_unknown_keys: 50\n").await;
+    let client = client();
+    for i in 0..3000 {
+        let bogus = format!("bogus-key-{i:08}-0000000000000000000000");
+        let (status, _, body) = send_with(
+            &client,
+            Method::GET,
+            proxy.proxy_addr,
+            "/api/invoices",
+            &[("x-coupa-api-key", &bogus)],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            !String::from_utf8_lossy(&body).contains(&bogus),
+            "the key is never echoed"
+        );
+    }
+    assert_eq!(mock.api_hits(), 0);
+
+    let (_, _, body) = get(proxy.admin_addr, "/audit", &[]).await;
+    let audit = json(&body);
+    let unknown = audit["unknown_keys"].as_array().unwrap();
+    assert!(
+        unknown.len() <= 51,
+        "50 tracked + one overflow bucket: {}",
+        unknown.len()
+    );
+    let total: u64 = unknown.iter().map(|u| u["total"].as_u64().unwrap()).sum();
+    assert_eq!(total, 3000, "every refusal is still counted");
+    assert!(
+        unknown.iter().any(|u| u["name"] == "(other unknown keys)"),
+        "the overflow is visible"
+    );
+    proxy.shutdown().await;
+}
