@@ -23,6 +23,7 @@ async fn run_cli(args: &[&str]) -> (i32, String, String) {
             .env_remove("ERP_SYNC_SECRET") // reading the audit needs no secrets
             .output()
             .unwrap();
+        support::leak::process_output(&out.stdout, &out.stderr);
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

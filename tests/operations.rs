@@ -29,9 +29,12 @@ async fn start_from_file(yaml: &str) -> (std::path::PathBuf, keybridge::server::
         path: path.clone(),
         env: Arc::new(env()),
     };
-    let running = keybridge::server::start_with_file(parse(yaml), Some(source))
+    let config = parse(yaml);
+    support::leak::note_secrets(&config);
+    let running = keybridge::server::start_with_file(config, Some(source))
         .await
         .unwrap();
+    support::leak::watch(&running);
     wait_ready(running.admin_addr).await;
     (path, running)
 }

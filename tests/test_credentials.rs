@@ -26,6 +26,7 @@ async fn test_credentials(yaml: String, client: &str) -> (i32, String, String) {
             .env("ERP_SYNC_SECRET", SECRET)
             .output()
             .unwrap();
+        support::leak::process_output(&out.stdout, &out.stderr);
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

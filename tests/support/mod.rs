@@ -19,6 +19,7 @@ use keybridge::config::Config;
 use keybridge::mock::{MockCoupa, MockHandle};
 use keybridge::server::Running;
 
+pub mod leak;
 pub mod raw;
 
 pub const KEY: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -50,6 +51,7 @@ struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
 impl Write for CaptureWriter {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(b);
+        leak::append("log", b);
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -118,7 +120,11 @@ pub fn parse(yaml: &str) -> Config {
 /// Starts keybridge with `yaml` (listeners on port 0).
 pub async fn start_proxy(yaml: &str) -> Running {
     log_buffer();
-    keybridge::server::start(parse(yaml)).await.unwrap()
+    let config = parse(yaml);
+    leak::note_secrets(&config);
+    let running = keybridge::server::start(config).await.unwrap();
+    leak::watch(&running);
+    running
 }
 
 /// Starts the standard mock and a proxy in front of it; waits until ready.
@@ -169,12 +175,18 @@ pub async fn send_with(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
+    for (k, v) in headers {
+        if k.eq_ignore_ascii_case("x-coupa-api-key") {
+            leak::note_canary(v);
+        }
+    }
     let resp = client
         .request(req.body(Full::new(body.into())).unwrap())
         .await
         .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
+    leak::response(addr, &parts.headers, &body);
     (parts.status, parts.headers, body)
 }
 
@@ -198,6 +210,7 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    leak::raw_response(addr, &out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
