@@ -539,10 +539,42 @@ impl Config {
         let mut tree: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         let mut errors = Vec::new();
-        expand_tree(&mut tree, &mut String::new(), env, &mut errors);
+        let mut expanded = Vec::new();
+        expand_tree(
+            &mut tree,
+            &mut String::new(),
+            env,
+            &mut errors,
+            &mut expanded,
+        );
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
+        // Values from the environment may be secrets; an error about a misplaced one
+        // (a secret where a struct or an instance name belongs) must not quote it.
+        Self::parse_expanded(tree, base_dir, secrets).map_err(|e| match e {
+            ConfigError::Invalid(errors) => ConfigError::Invalid(
+                errors
+                    .into_iter()
+                    .map(|mut e| {
+                        for value in &expanded {
+                            e.message = e
+                                .message
+                                .replace(value.as_str(), "<value from the environment>");
+                        }
+                        e
+                    })
+                    .collect(),
+            ),
+            other => other,
+        })
+    }
+
+    fn parse_expanded(
+        tree: serde_yaml_ng::Value,
+        base_dir: &Path,
+        secrets: bool,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             let field = e.path().to_string();
             let field = if field == "." {
@@ -577,11 +609,19 @@ fn expand_tree(
     path: &mut String,
     env: &dyn Env,
     errors: &mut Vec<FieldError>,
+    expanded: &mut Vec<String>,
 ) {
     use serde_yaml_ng::Value;
     match value {
         Value::String(s) => match env::expand(s, env) {
-            Ok(Some(expanded)) => *s = expanded,
+            Ok(Some(value)) => {
+                // Remember what came from the environment (too short to be a secret,
+                // and redacting it everywhere would garble messages: skip).
+                if value.len() >= 4 {
+                    expanded.push(value.clone());
+                }
+                *s = value;
+            }
             Ok(None) => {}
             Err(e) => errors.push(FieldError {
                 field: path.clone(),
@@ -592,7 +632,7 @@ fn expand_tree(
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                expand_tree(item, path, env, errors);
+                expand_tree(item, path, env, errors, expanded);
                 path.truncate(len);
             }
         }
@@ -606,11 +646,11 @@ fn expand_tree(
                     Value::String(k) => path.push_str(k),
                     other => path.push_str(&format!("{other:?}")),
                 }
-                expand_tree(v, path, env, errors);
+                expand_tree(v, path, env, errors, expanded);
                 path.truncate(len);
             }
         }
-        Value::Tagged(t) => expand_tree(&mut t.value, path, env, errors),
+        Value::Tagged(t) => expand_tree(&mut t.value, path, env, errors, expanded),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }

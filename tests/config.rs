@@ -198,6 +198,18 @@ fn each_mistake_is_named_with_exit_code_1() {
             v.replace("listen: 127.0.0.1:8080", "listen: [1]"),
             "listen:",
         ),
+        // Found by the config_loader fuzz target: a secret from the environment in a
+        // place of the wrong type must not be quoted by the error.
+        (
+            "secret where a client belongs",
+            v.replace("clients:\n", "clients:\n  leaked: ${ERP_SYNC_SECRET}\n"),
+            "clients.leaked: invalid type: string \"<value from the environment>\"",
+        ),
+        (
+            "secret as an instance name",
+            v.replace("    instance: prod\n", "    instance: ${ERP_SYNC_SECRET}\n"),
+            "<value from the environment>",
+        ),
     ];
     for (name, yaml, want) in cases {
         let out = check(&yaml);
