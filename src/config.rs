@@ -615,10 +615,15 @@ fn expand_tree(
     match value {
         Value::String(s) => match env::expand(s, env) {
             Ok(Some(value)) => {
-                // Remember what came from the environment (too short to be a secret,
-                // and redacting it everywhere would garble messages: skip).
-                if value.len() >= 4 {
-                    expanded.push(value.clone());
+                // Remember the values that came from the environment, as they are and as
+                // serde would quote them (values under 4 bytes are no secret, and
+                // redacting them everywhere would garble messages).
+                for var in env::referenced(s) {
+                    if let Some(v) = env.var(var).filter(|v| v.len() >= 4) {
+                        let quoted = format!("{v:?}");
+                        expanded.push(quoted[1..quoted.len() - 1].to_owned());
+                        expanded.push(v);
+                    }
                 }
                 *s = value;
             }

@@ -206,6 +206,11 @@ fn each_mistake_is_named_with_exit_code_1() {
             "clients.leaked: invalid type: string \"<value from the environment>\"",
         ),
         (
+            "secret inside a misplaced multi-line string",
+            format!("{v}tls: \"a\\nb ${{ERP_SYNC_SECRET}}\"\n"),
+            "tls: invalid type: string",
+        ),
+        (
             "secret as an instance name",
             v.replace("    instance: prod\n", "    instance: ${ERP_SYNC_SECRET}\n"),
             "<value from the environment>",

@@ -70,6 +70,15 @@ pub fn expand(input: &str, env: &dyn Env) -> Result<Option<String>, ExpandError>
     Ok(Some(out))
 }
 
+/// The names of the `${VAR}` references in `input` (escaped `$${` ones included, which
+/// only errs on the side of redacting more).
+pub fn referenced(input: &str) -> impl Iterator<Item = &str> {
+    input.split("${").skip(1).filter_map(|rest| {
+        let name = rest.split('}').next()?;
+        (rest.contains('}') && is_valid_name(name)).then_some(name)
+    })
+}
+
 fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -105,6 +114,12 @@ mod tests {
                 "input {input}"
             );
         }
+    }
+
+    #[test]
+    fn lists_referenced_names() {
+        let names: Vec<_> = referenced("a ${ONE} b ${TWO}${bad name} ${UNTERMINATED").collect();
+        assert_eq!(names, ["ONE", "TWO"]);
     }
 
     #[test]
