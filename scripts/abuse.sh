@@ -63,14 +63,17 @@ served() {
 
 if command -v slowhttptest >/dev/null; then
   # 400 slowloris connections (headers trickled every 2 s), then 400 slow bodies (a
-  # chunk every 10 s), for up to 30 s each. keybridge must close them all through its
-  # header-read and body-idle timeouts (5 s here), and keep serving a normal caller
-  # throughout (slowhttptest's "service available" probe, and ours at the end).
-  closed_all() { # csv: the last row's "Closed" count reaches the connection count
-    local closed; closed=$(tail -n 1 "$1" | cut -d, -f2)
-    echo "   $(basename "$1" .csv): ${closed:-0} of 400 connections closed by keybridge;" \
-      "$(grep -ao 'Test ended on [0-9]*th second' "${1%.csv}.out" || echo 'ran full time')"
-    [ "${closed:-0}" -ge 390 ]
+  # chunk every 10 s), for up to 30 s each. keybridge must close them all — heads by
+  # its header-read timeout (5 s here); slowhttptest cannot send an X-COUPA-API-KEY, so
+  # its slow bodies are refused with 401 at the head, unread (tests/hostile_clients.rs
+  # covers keyed slow bodies and the body idle timeout) — and keep serving a normal
+  # caller throughout (slowhttptest's "service available" probe, and ours at the end).
+  closed_all() { # slowhttptest ends early, with "No open connections left", once the
+                 # server has closed every connection it opened
+    local out="${1%.csv}.out"
+    echo "   $(basename "$out" .out): $(grep -ao 'Test ended on [0-9]*th second' "$out" || echo 'ran full time');" \
+      "$(grep -ao 'No open connections left' "$out" || echo 'connections still open')"
+    grep -aq 'No open connections left' "$out"
   }
   slowhttptest -H -c 400 -r 200 -i 2 -l 30 -u "https://$PROXY/api/invoices" \
     -x 24 -p 3 -g -o "$work/slowloris" >"$work/slowloris.out" 2>&1 || true
@@ -78,7 +81,7 @@ if command -v slowhttptest >/dev/null; then
   check "slowloris heads: still serving" served
   slowhttptest -B -c 400 -r 200 -i 10 -s 100000 -l 30 -u "https://$PROXY/api/invoices" \
     -x 24 -p 3 -g -o "$work/slowbody" >"$work/slowbody.out" 2>&1 || true
-  check "slow bodies: all cut off by the body idle timeout" closed_all "$work/slowbody.csv"
+  check "slow bodies: all refused and closed" closed_all "$work/slowbody.csv"
   check "slow bodies: still serving" served
 else
   echo "SKIP slowhttptest (apt-get install slowhttptest)"

@@ -388,3 +388,79 @@ async fn thousands_of_bogus_keys_stay_bounded_and_never_reach_coupa() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_does_bounded_work_and_others_are_still_served() {
+    // CVE-2023-44487: open streams and cancel them at once, as fast as possible. hyper
+    // drops the request of a reset stream (and with it keybridge's upstream call), and
+    // h2 (>= 0.4.4) sends GOAWAY(ENHANCE_YOUR_CALM) when resets pile up before they are
+    // accepted: the flooding connection is closed after a few dozen resets.
+    let (mock, proxy) = start_pair(mock(), "").await;
+    let addr = proxy.proxy_addr;
+    let flood = tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(connection);
+        let mut sent = 0u32;
+        for _ in 0..20_000 {
+            let ready = match tokio::time::timeout(Duration::from_secs(5), h2.ready()).await {
+                Ok(Ok(ready)) => ready,
+                Ok(Err(e)) => return (sent, Some(e.to_string())),
+                Err(_) => panic!("the flooding connection stalled"),
+            };
+            h2 = ready;
+            let request = http::Request::get(format!("http://{addr}/api/invoices"))
+                .header("x-coupa-api-key", KEY)
+                .body(())
+                .unwrap();
+            let (response, _) = match h2.send_request(request, true) {
+                Ok(sent) => sent,
+                Err(e) => return (sent, Some(e.to_string())),
+            };
+            drop(response); // RST_STREAM(CANCEL)
+            sent += 1;
+            tokio::task::yield_now().await; // let the connection task write the frames
+        }
+        conn.abort();
+        (sent, None)
+    });
+
+    // Meanwhile a well-behaved caller is served promptly.
+    let client = client();
+    let mut slowest = Duration::ZERO;
+    let mut served = 0;
+    while !flood.is_finished() {
+        let started = Instant::now();
+        let (status, _, _) = send_with(
+            &client,
+            Method::GET,
+            addr,
+            "/api/invoices/1",
+            &[("x-coupa-api-key", KEY)],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        slowest = slowest.max(started.elapsed());
+        served += 1;
+    }
+    let (sent, cut_off) = flood.await.unwrap();
+    let cut_off = cut_off.unwrap_or_else(|| panic!("{sent} resets and the connection still open"));
+    assert!(
+        cut_off.contains("ENHANCE_YOUR_CALM") || cut_off.contains("calm"),
+        "{cut_off}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a caller waited {slowest:?} during the flood"
+    );
+    let hits = mock.api_hits() - served;
+    println!(
+        "{sent} reset streams ({cut_off}), {hits} reached the mock; {served} others served, slowest {slowest:?}"
+    );
+    assert!(
+        hits < sent as usize / 2,
+        "most cancelled requests are dropped before Coupa: {hits} of {sent}"
+    );
+    proxy.shutdown().await;
+}
