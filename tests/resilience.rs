@@ -465,3 +465,55 @@ async fn requests_are_replayed_only_after_coupa_refuses_them() {
     assert_eq!(raw.hits("/api/reset-before-head"), 1);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_coupa_that_never_accepts_the_connection_is_a_prompt_502() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so a
+    // connect hangs until keybridge's connect timeout gives up.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(200), s.connect(addr)).await {
+            fillers.push(c);
+        }
+    }
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let extra = "upstream:\n  connect_timeout: 300ms\n  response_timeout: 10s\n";
+    let yaml = config_yaml(&format!("http://{addr}"), extra);
+    let proxy = start_proxy(&with_token_url(&yaml, &mock.base_url())).await;
+    wait_ready(proxy.admin_addr).await;
+    let started = Instant::now();
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(json(&body)["error"], "upstream_unreachable");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "the connect timeout, not the response timeout, ended it: {took:?}"
+    );
+    let logs = logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("upstream_unreachable") || l.contains("unreachable"))
+        .unwrap_or("");
+    assert!(
+        line.contains("tcp connect error: deadline has elapsed"),
+        "{line}"
+    );
+    drop(listener);
+    proxy.shutdown().await;
+}
