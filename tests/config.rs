@@ -300,3 +300,37 @@ fn the_shipped_configs_are_valid() {
         );
     }
 }
+
+/// Key lookup has no timing side channel on the key because raw keys are not kept: a
+/// configured `api_key` becomes its SHA-256 at load, and the proxy looks presented keys
+/// up by digest (`KeyMap::lookup` hashes first), never comparing key bytes.
+#[test]
+fn raw_keys_are_hashed_at_load_and_never_kept() {
+    let raw_key = "raw-legacy-key-0000000000000000000000000";
+    let yaml = valid().replace(
+        &format!("api_key_sha256: {FP}"),
+        &format!("api_key: {raw_key}"),
+    );
+    let config = keybridge::config::Config::from_yaml(
+        &yaml,
+        std::path::Path::new("."),
+        &std::collections::HashMap::from([("ERP_SYNC_SECRET".to_owned(), "x".to_owned())]),
+    )
+    .unwrap();
+    let integration = &config.integrations[0];
+    assert_eq!(
+        integration.fingerprint,
+        keybridge::keys::Fingerprint::of_key(raw_key.as_bytes())
+    );
+    assert!(
+        !format!("{config:?}").contains(raw_key),
+        "the raw key is not kept"
+    );
+
+    let map = keybridge::keys::KeyMap::new([(integration.fingerprint, "netsuite")]);
+    assert_eq!(map.lookup(raw_key.as_bytes()).1, Some(&"netsuite"));
+    assert_eq!(
+        map.lookup(b"raw-legacy-key-0000000000000000000000001").1,
+        None
+    );
+}
