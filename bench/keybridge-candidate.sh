@@ -2,7 +2,8 @@
 # Starts keybridge as a bench candidate: the harness's 1000 keys spread over 20 OAuth
 # clients, the bench upstream as both Coupa instance and token endpoint.
 # Env: KEYBRIDGE_BIN, PROXY_PORT, UPSTREAM_ADDR, KEYS_TSV (run.sh exports them),
-#      AUDIT=on|off (default on), INTEGRATIONS (default: all keys in KEYS_TSV).
+#      AUDIT=on|off (default on), WORKERS (default: one per CPU),
+#      TOKEN_URL (default: the upstream's /oauth2/token).
 set -euo pipefail
 dir=$(mktemp -d)
 cfg=$dir/config.yaml
@@ -13,6 +14,7 @@ audit=${AUDIT:-on}
   echo "instances:"
   echo "  bench:"
   echo "    base_url: http://$UPSTREAM_ADDR"
+  if [ -n "${TOKEN_URL:-}" ]; then echo "    token_url: $TOKEN_URL"; fi
   echo "clients:"
   for i in $(seq 0 19); do
     echo "  c$i: {instance: bench, client_id: c$i, client_secret: s$i, scopes: [core.invoice.read, core.invoice.write]}"

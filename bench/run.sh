@@ -36,7 +36,7 @@ esac
 
 RUNDIR=$BENCH/runs/$(date +%Y%m%d-%H%M%S)-$PIN; mkdir -p "$RUNDIR"
 OUT=$RUNDIR/results.tsv
-echo -e "pin\tcase\trepeat\tcandidate\trps\tp50_us\tp90_us\tp99_us\tmax_us\trequests\tnon2xx\tsock_errs\tproxy_cpu_us_per_req\tupstream_cpu_us_per_req\tpeak_rss_kb" > "$OUT"
+echo -e "pin\tcase\trepeat\tcandidate\trps\tp50_us\tp90_us\tp99_us\tp999_us\tmax_us\trequests\tnon2xx\tsock_errs\tproxy_cpu_us_per_req\tupstream_cpu_us_per_req\tpeak_rss_kb" > "$OUT"
 
 # ---------- prerequisites ----------
 [ -f gen/keys.tsv ] || python3 gen_keys.py
@@ -154,7 +154,7 @@ for r in $(seq "$REPEATS"); do
       serr=$(( $(field err_connect "$res") + $(field err_read "$res") + $(field err_write "$res") + $(field err_timeout "$res") ))
       pcpu=$(awk -v a="$p0" -v b="$p1" -v n="$n" -v hz="$CLK_TCK" 'BEGIN{ printf "%.1f", n ? (b-a)/hz*1e6/n : 0 }')
       ucpu=$(awk -v a="$u0" -v b="$u1" -v n="$n" -v hz="$CLK_TCK" 'BEGIN{ printf "%.1f", n ? (b-a)/hz*1e6/n : 0 }')
-      line="$PIN	$cs	$r	$c	$(field rps "$res")	$(field p50_us "$res")	$(field p90_us "$res")	$(field p99_us "$res")	$(field max_us "$res")	$n	$(field non2xx "$res")	$serr	$pcpu	$ucpu	$rss"
+      line="$PIN	$cs	$r	$c	$(field rps "$res")	$(field p50_us "$res")	$(field p90_us "$res")	$(field p99_us "$res")	$(field p999_us "$res")	$(field max_us "$res")	$n	$(field non2xx "$res")	$serr	$pcpu	$ucpu	$rss"
       echo "$line" >> "$OUT"; echo "$line"
     done
   done
