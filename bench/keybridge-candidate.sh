@@ -28,6 +28,7 @@ for i, line in enumerate(open(sys.argv[1])):
 PY
   echo "token: {settle_delay: 0s}"
   echo "server: {access_log: false, workers: ${WORKERS:-0}}"   # logging off, like nginx/haproxy here
+  echo "upstream: {pool_max_idle_per_host: 64}"   # per worker: 2 × 64 = nginx's keepalive 128
   if [ "$audit" = on ]; then
     echo "audit: {enabled: true, path: $dir/audit.db}"
   else

@@ -23,6 +23,7 @@ pub mod cutover;
 pub mod demo;
 pub mod error;
 pub mod keys;
+pub mod memory;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

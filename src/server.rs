@@ -215,6 +215,7 @@ impl Core {
             restart_needed,
         };
         tracing::info!(integrations = summary.integrations, clients = summary.clients, new_clients = ?summary.new_clients, "configuration reloaded");
+        crate::memory::release_freed();
         Ok(summary)
     }
 }
@@ -341,6 +342,7 @@ pub async fn start_with_file(
         workers = worker_count,
         "keybridge listening"
     );
+    crate::memory::release_freed(); // what parsing and building the config left behind
     Ok(Running {
         proxy_addr,
         admin_addr,

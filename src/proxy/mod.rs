@@ -90,9 +90,9 @@ impl Shared {
         Shared {
             callers,
             shadow_limiter,
-            unknown_counters: metrics.outcome_counters("(unknown key)", unknown_mode),
-            native_counters: metrics.outcome_counters("(bearer caller)", native_mode),
-            anonymous_counters: metrics.outcome_counters("(no credentials)", "-"),
+            unknown_counters: metrics.outcome_counters(&Arc::from("(unknown key)"), unknown_mode),
+            native_counters: metrics.outcome_counters(&Arc::from("(bearer caller)"), native_mode),
+            anonymous_counters: metrics.outcome_counters(&Arc::from("(no credentials)"), "-"),
             tokens,
             http,
             config,
