@@ -500,7 +500,9 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Small responses: one flattened write beats a writev of head + body slices.
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())

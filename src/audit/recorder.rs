@@ -76,6 +76,10 @@ pub struct Event<'a> {
     pub fallback_status: Option<u16>,
 }
 
+/// The maps of a [`Window`]: touched on every request, so hashed with foldhash rather
+/// than SipHash (keys are capped per window, so a collision attack is bounded too).
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Aggregates since the last flush, for one subject.
 #[derive(Debug, Default, Clone)]
 pub struct Window {
@@ -84,14 +88,14 @@ pub struct Window {
     pub last_seen: Option<i64>,
     pub last_key_seen: Option<i64>,
     pub last_fallback: Option<i64>,
-    pub ips: HashMap<IpAddr, u64>,
-    pub user_agents: HashMap<String, u64>,
+    pub ips: Map<IpAddr, u64>,
+    pub user_agents: Map<String, u64>,
     /// endpoint → status → count.
-    pub endpoints: HashMap<String, HashMap<u16, u64>>,
+    pub endpoints: Map<String, Map<u16, u64>>,
     /// (endpoint, OAuth status) → count.
-    pub fallbacks: HashMap<(String, u16), u64>,
+    pub fallbacks: Map<(String, u16), u64>,
     /// (endpoint, key status, OAuth status) → count, for shadow replays.
-    pub shadow: HashMap<(String, u16, u16), u64>,
+    pub shadow: Map<(String, u16, u16), u64>,
 }
 
 impl Window {
@@ -137,7 +141,7 @@ impl Window {
     }
 }
 
-fn bump_capped<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, k: K, cap: usize) {
+fn bump_capped<K: std::hash::Hash + Eq>(map: &mut Map<K, u64>, k: K, cap: usize) {
     if let Some(n) = map.get_mut(&k) {
         *n += 1;
     } else if map.len() < cap {
