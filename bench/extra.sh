@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The measurements beside throughput (issue 5), on loopback only, each bounded in time:
 #  1. startup time and memory with 10 000 integrations (20 clients, tokens fetched);
-#  2. peak RSS with 1 000 open client connections under load, and token-endpoint calls
+#  2. RSS with 1 000 open idle client connections, and peak RSS with 1 000 connections
+#     under full load; token-endpoint calls
 #     on the request path in steady state (must be 0);
 #  3. 1 000 concurrent requests on a cold token cache, against a token endpoint that takes
 #     1 s to answer: token requests must equal the number of clients (one each).
@@ -49,7 +50,15 @@ echo "|---|---:|"
 echo "| startup to ready (config parse, 10k fingerprints, 20 token fetches) | $(( t1 - t0 )) ms |"
 echo "| RSS when ready | $(( $(status_kb "$pid" VmRSS) / 1024 )) MB |"
 
-# 2. 1000 connections under load; token fetches before/after.
+# 2a. 1000 open, idle keep-alive connections (one request each, then held).
+key=$(head -1 "$KEYS_TSV" | cut -f1)
+python3 idle_conns.py "$key" "$PROXY_PORT" "$CONNS" 4 >"$work/idle.out" &
+IDLE=$!; sleep 3
+echo "| RSS with $CONNS open idle keep-alive connections | $(( $(status_kb "$pid" VmRSS) / 1024 )) MB |"
+wait $IDLE
+echo "| … connections answered 200 | $(cat "$work/idle.out") |"
+
+# 2b. 1000 connections under load; token fetches before/after.
 f0=$(fetches)
 res=$(MODE=key CASE=get KEYS=$KEYS_TSV timeout $(( DURATION + 30 )) wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
   -s conf/wrk.lua "http://127.0.0.1:$PROXY_PORT" | grep '^RESULT' || true)
