@@ -517,3 +517,50 @@ async fn a_coupa_that_never_accepts_the_connection_is_a_prompt_502() {
     drop(listener);
     proxy.shutdown().await;
 }
+
+/// Sends a POST head and the first KB of a 100 KB body, then waits for `arrived`;
+/// returns whether Coupa saw the request before the caller sent the rest.
+async fn head_reaches_coupa_before_the_body_ends(mode: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, mode).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.proxy_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'x'; 1000]).await.unwrap();
+    let mut early = false;
+    for _ in 0..40 {
+        if raw.hits("/api/upload") == 1 {
+            early = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.write_all(&[b'x'; 99_000]).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{mode}: {}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(raw.hits("/api/upload"), 1);
+    proxy.shutdown().await;
+    early
+}
+
+#[tokio::test]
+async fn oauth_uploads_stream_to_coupa_and_only_canary_buffers_for_its_replay() {
+    assert!(
+        head_reaches_coupa_before_the_body_ends("").await,
+        "oauth: Coupa gets the request while the body is still arriving (no buffering)"
+    );
+    assert!(
+        !head_reaches_coupa_before_the_body_ends("    mode: canary\n    canary_percent: 100\n")
+            .await,
+        "canary: a body under replay_body_limit is buffered so a 401/403 can be replayed"
+    );
+}

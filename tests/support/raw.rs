@@ -65,7 +65,7 @@ impl RawUpstream {
         self.seen.lock().unwrap().clone()
     }
 
-    /// How many requests for `path` arrived (complete heads).
+    /// How many requests for `path` arrived (heads; bodies may still be on their way).
     pub fn hits(&self, path: &str) -> usize {
         self.seen().iter().filter(|s| s.path == path).count()
     }
@@ -80,6 +80,9 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<Vec<Seen>>>) {
         let Some((seen, body_len)) = read_head(&mut stream, &mut buf).await else {
             return;
         };
+        // Recorded as soon as the head arrives, so tests can tell streaming from buffering.
+        let path = seen.path.clone();
+        log.lock().unwrap().push(seen.clone());
         // Read (and discard) the body as framed by Content-Length; chunked uploads are
         // read until the terminating chunk.
         if let Some(n) = body_len {
@@ -101,8 +104,6 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<Vec<Seen>>>) {
             }
             buf.clear();
         }
-        let path = seen.path.clone();
-        log.lock().unwrap().push(seen);
         let reply: Vec<u8> = match path.as_str() {
             "/api/hang" => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
