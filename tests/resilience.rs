@@ -29,33 +29,6 @@ fn fast_token_config(base_url: &str, extra: &str) -> String {
     )
 }
 
-/// Sends requests back to back for `dur`, asserting every one succeeds.
-async fn hammer(addr: std::net::SocketAddr, dur: Duration) -> usize {
-    let client = client();
-    let until = Instant::now() + dur;
-    let mut n = 0;
-    while Instant::now() < until {
-        let (status, _, body) = send_with(
-            &client,
-            Method::GET,
-            addr,
-            "/api/invoices/1",
-            &[("x-coupa-api-key", KEY)],
-            bytes::Bytes::new(),
-        )
-        .await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "request {n} failed during the outage: {}",
-            String::from_utf8_lossy(&body)
-        );
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    n
-}
-
 #[tokio::test]
 async fn a_token_outage_that_ends_before_expiry_fails_no_request() {
     // Tokens live 6 s, so the refresher tries at ~3 s — in the middle of an outage that
@@ -383,17 +356,6 @@ async fn coupa_faults_give_502_or_504_promptly_and_the_pool_recovers() {
     proxy.shutdown().await;
 }
 
-/// Raw keep-alive exchange: sends `request`, then reads until the peer closes.
-async fn exchange_until_close(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "keybridge closed the caller's connection");
-    out
-}
-
 #[tokio::test]
 async fn a_response_cut_short_by_coupa_never_desynchronises_the_caller() {
     let (_raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, "").await;
@@ -409,7 +371,8 @@ async fn a_response_cut_short_by_coupa_never_desynchronises_the_caller() {
             "GET {path} HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\n\r\n\
              GET /api/ok HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\n\r\n"
         );
-        let out = exchange_until_close(proxy.proxy_addr, request.as_bytes()).await;
+        let (out, closed) = raw_exchange_bytes(proxy.proxy_addr, request.as_bytes()).await;
+        assert!(closed, "{path}: keybridge closed the caller's connection");
         let text = String::from_utf8_lossy(&out);
         assert!(
             !text.contains("approved"),

@@ -108,33 +108,6 @@ async fn the_cache_alone_collapses_concurrent_fetches() {
     assert_eq!(mock.token_requests(), 1);
 }
 
-/// Sends requests back to back for `dur`, asserting every one succeeds.
-async fn hammer(addr: std::net::SocketAddr, dur: Duration) -> usize {
-    let client = client();
-    let until = Instant::now() + dur;
-    let mut n = 0;
-    while Instant::now() < until {
-        let (status, _, body) = send_with(
-            &client,
-            Method::GET,
-            addr,
-            "/api/invoices/1",
-            &[("x-coupa-api-key", KEY)],
-            bytes::Bytes::new(),
-        )
-        .await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "request {n} failed: {}",
-            String::from_utf8_lossy(&body)
-        );
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    n
-}
-
 #[tokio::test]
 async fn short_lived_tokens_are_refreshed_before_expiry_without_failures() {
     let (mock, proxy) = start_pair(mock().expires_in(Duration::from_secs(2)), "").await;

@@ -205,13 +205,19 @@ pub fn json(body: &[u8]) -> serde_json::Value {
 
 /// Sends raw bytes on a fresh connection and returns what came back until close.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    String::from_utf8_lossy(&raw_exchange_bytes(addr, request).await.0).into_owned()
+}
+
+/// Like [`raw_exchange`]; also says whether the peer closed within 5 s.
+pub async fn raw_exchange_bytes(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
     leak::raw_response(addr, &out);
-    String::from_utf8_lossy(&out).into_owned()
+    (out, read.is_ok())
 }
 
 pub fn sha256_hex(b: &[u8]) -> String {
@@ -233,4 +239,32 @@ pub fn with_token_url(yaml: &str, token_base: &str) -> String {
         "base_url:",
         &format!("token_url: {token_base}/oauth2/token\n    base_url:"),
     )
+}
+
+/// Sends GETs back to back (10 ms apart) for `dur`, asserting every one succeeds;
+/// returns how many were sent.
+pub async fn hammer(addr: SocketAddr, dur: std::time::Duration) -> usize {
+    let client = client();
+    let until = std::time::Instant::now() + dur;
+    let mut n = 0;
+    while std::time::Instant::now() < until {
+        let (status, _, body) = send_with(
+            &client,
+            Method::GET,
+            addr,
+            "/api/invoices/1",
+            &[("x-coupa-api-key", KEY)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {n} failed: {}",
+            String::from_utf8_lossy(&body)
+        );
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    n
 }
