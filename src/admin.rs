@@ -31,26 +31,18 @@ use base64::Engine as _;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use sha2::{Digest, Sha256};
 
-use crate::audit::Audit;
 use crate::config::Secret;
 use crate::error::json_error;
-use crate::metrics::Metrics;
-use crate::server::Core;
+use crate::reload::Core;
 
 /// The dashboard page, compiled into the binary.
 const DASHBOARD_HTML: &str = include_str!("admin/dashboard.html");
-
-pub struct AdminState {
-    pub core: Arc<Core>,
-    pub audit: Arc<Audit>,
-    pub metrics: Arc<Metrics>,
-}
 
 type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
 
 /// The admin service for one connection.
 pub fn service(
-    state: Arc<AdminState>,
+    core: Arc<Core>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Full<Bytes>>,
@@ -59,15 +51,15 @@ pub fn service(
 > + Send
 + 'static {
     hyper::service::service_fn(move |req: Request<Incoming>| {
-        let state = Arc::clone(&state);
-        Box::pin(async move { Ok(route(&state, &req).await) }) as AdminFuture
+        let core = Arc::clone(&core);
+        Box::pin(async move { Ok(route(&core, &req).await) }) as AdminFuture
     })
 }
 
-async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path != "/healthz" {
-        if let Some(token) = &state.core.config().admin_token {
+        if let Some(token) = &core.config().admin_token {
             if !authorized(req, token) {
                 let mut r = json_error(
                     StatusCode::UNAUTHORIZED,
@@ -90,7 +82,7 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
                 "use POST /reload",
             );
         }
-        return match state.core.reload_from_file().await {
+        return match core.reload_from_file().await {
             Ok(summary) => json(
                 StatusCode::OK,
                 &json!({"status": "reloaded", "summary": summary}),
@@ -115,14 +107,14 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
             DASHBOARD_HTML.into(),
         ),
         "/healthz" => json(StatusCode::OK, &json!({"status": "ok"})),
-        "/readyz" => readyz(state).await,
-        "/tokens" => tokens(state).await,
+        "/readyz" => readyz(core).await,
+        "/tokens" => tokens(core).await,
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode().into(),
+            core.metrics.encode().into(),
         ),
-        "/audit" => match state.audit.report(&state.core.config()).await {
+        "/audit" => match core.audit.report(&core.config()).await {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => {
                 tracing::error!(error = %e, "audit read failed");
@@ -137,10 +129,10 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
     }
 }
 
-async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
+async fn readyz(core: &Core) -> Response<Full<Bytes>> {
     let mut clients = serde_json::Map::new();
     let mut all_ready = true;
-    for (name, report) in state.core.tokens().status().await {
+    for (name, report) in core.tokens().status().await {
         all_ready &= report.ready;
         clients.insert(
             name.to_string(),
@@ -158,11 +150,11 @@ async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
     json(status, &json!({"status": word, "clients": clients}))
 }
 
-async fn tokens(state: &AdminState) -> Response<Full<Bytes>> {
+async fn tokens(core: &Core) -> Response<Full<Bytes>> {
     let now = SystemTime::now();
     let mut clients = serde_json::Map::new();
-    let config = state.core.config();
-    for (name, r) in state.core.tokens().status().await {
+    let config = core.config();
+    for (name, r) in core.tokens().status().await {
         let settle = if !r.held {
             "none"
         } else if r.ready {

@@ -83,8 +83,7 @@ pub async fn check(
 
     let uri = client
         .instance
-        .uri_for(http::uri::PathAndQuery::from_static("/api/users?limit=1"))
-        .map_err(|e| Failure::ApiCallRefused(e.to_string()))?;
+        .uri_for(http::uri::PathAndQuery::from_static("/api/users?limit=1"));
     say(&format!("2/2 API: GET {uri} (needs core.user.read)"));
     let request = Request::get(uri)
         .header(ACCEPT, "application/json")
@@ -138,6 +137,7 @@ fn classify(e: TokenError) -> Failure {
         TokenError::Unreachable(_)
         | TokenError::Timeout(_)
         | TokenError::HttpStatus { .. }
-        | TokenError::InvalidResponse(_) => Failure::TokenEndpointUnreachable(e.to_string()),
+        | TokenError::InvalidResponse(_)
+        | TokenError::Internal(_) => Failure::TokenEndpointUnreachable(e.to_string()),
     }
 }

@@ -1,10 +1,11 @@
 //! Every way a proxied request can fail, and the one place that turns a failure into
 //! an HTTP response.
 //!
-//! Status codes follow who is at fault: the caller (4xx), Coupa or its token endpoint
-//! (502/503/504), or keybridge itself (500). Bodies are stable JSON
-//! `{"error": "<code>", "message": "<text>"}`; they name integrations and clients but
-//! never carry a key, secret or token. The full cause goes to the log.
+//! Each error knows who is at fault ([`Fault`]): the caller (4xx), Coupa or its token
+//! endpoint (502/503/504), or keybridge itself (500); log levels and status follow from
+//! it. Bodies are stable JSON `{"error": "<code>", "message": "<text>"}`; they name
+//! integrations and clients but never carry a key, secret or token. Causes stay
+//! `#[source]`s and are flattened only when logged ([`chain`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,21 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
+use crate::body::BoxError;
 use crate::token::TokenError;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The caller sent something we refuse (4xx).
+    Caller,
+    /// Coupa's API failed or misbehaved (502/504).
+    Upstream,
+    /// Coupa's token endpoint failed or refused our client (503).
+    TokenEndpoint,
+    /// A keybridge bug (500).
+    Ours,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -30,22 +45,24 @@ pub enum ProxyError {
     Denied { integration: Arc<str> },
     #[error("the caller stopped sending its request body")]
     ClientBodyTimeout,
-    #[error("could not read the request body: {0}")]
-    ClientBody(String),
-    #[error("integration `{integration}` has no Coupa instance to forward to")]
-    NoInstance { integration: Arc<str> },
+    #[error("could not read the request body")]
+    ClientBody(#[source] BoxError),
     #[error("method {0} is not supported by this proxy")]
     MethodNotAllowed(http::Method),
     #[error("protocol upgrades are not supported by this proxy")]
     UpgradeRefused,
-    #[error("no token for client `{client}`: {source}")]
+    #[error("no token for client `{client}`")]
     Token {
         client: Arc<str>,
         #[source]
         source: TokenError,
     },
-    #[error("Coupa instance `{instance}` unreachable: {cause}")]
-    UpstreamUnreachable { instance: Arc<str>, cause: String },
+    #[error("Coupa instance `{instance}` unreachable")]
+    UpstreamUnreachable {
+        instance: Arc<str>,
+        #[source]
+        source: BoxError,
+    },
     #[error(
         "Coupa instance `{instance}` sent a response with both Transfer-Encoding and Content-Length"
     )]
@@ -57,63 +74,97 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Status, stable error code and a caller-safe message.
-    fn parts(&self) -> (StatusCode, &'static str, String) {
+    /// A token failure for `client`; the cache's own bugs are ours, not the endpoint's.
+    pub fn token(client: &Arc<str>, source: TokenError) -> Self {
+        match source {
+            TokenError::Internal(message) => ProxyError::Internal(message),
+            source => ProxyError::Token {
+                client: Arc::clone(client),
+                source,
+            },
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::MissingApiKey
+            | ProxyError::AmbiguousApiKey
+            | ProxyError::UnknownApiKey { .. }
+            | ProxyError::BearerRejected
+            | ProxyError::Denied { .. }
+            | ProxyError::ClientBodyTimeout
+            | ProxyError::ClientBody(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::UpgradeRefused => Fault::Caller,
+            ProxyError::Token { .. } => Fault::TokenEndpoint,
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamBadFraming { .. }
+            | ProxyError::UpstreamTimeout { .. } => Fault::Upstream,
+            ProxyError::Internal(_) => Fault::Ours,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingApiKey
+            | ProxyError::UnknownApiKey { .. }
+            | ProxyError::BearerRejected => StatusCode::UNAUTHORIZED,
+            ProxyError::AmbiguousApiKey
+            | ProxyError::ClientBody(_)
+            | ProxyError::UpgradeRefused => StatusCode::BAD_REQUEST,
+            ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Token { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamBadFraming { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable error code and a caller-safe message.
+    fn code_and_message(&self) -> (&'static str, String) {
         match self {
             ProxyError::MissingApiKey => (
-                StatusCode::UNAUTHORIZED,
                 "missing_api_key",
                 "send the integration's API key in the X-COUPA-API-KEY header".into(),
             ),
             ProxyError::AmbiguousApiKey => (
-                StatusCode::BAD_REQUEST,
                 "ambiguous_api_key",
                 "send exactly one X-COUPA-API-KEY header".into(),
             ),
             ProxyError::UnknownApiKey { fingerprint } => (
-                StatusCode::UNAUTHORIZED,
                 "unknown_api_key",
                 format!("API key with fingerprint {fingerprint} is not known to keybridge"),
             ),
             ProxyError::BearerRejected => (
-                StatusCode::UNAUTHORIZED,
                 "bearer_not_accepted",
                 "this keybridge only accepts X-COUPA-API-KEY callers; send bearer tokens to Coupa directly".into(),
             ),
             ProxyError::Denied { integration } => (
-                StatusCode::FORBIDDEN,
                 "integration_denied",
                 format!(
                     "integration `{integration}` may no longer use an API key: it must move to an OAuth 2.0 client (ask your Coupa integration admin)"
                 ),
             ),
             ProxyError::ClientBodyTimeout => (
-                StatusCode::REQUEST_TIMEOUT,
                 "request_body_timeout",
                 "the request body stalled; nothing was completed at Coupa".into(),
             ),
             ProxyError::ClientBody(_) => (
-                StatusCode::BAD_REQUEST,
                 "bad_request_body",
                 "the request body could not be read".into(),
             ),
-            ProxyError::NoInstance { integration } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_instance",
-                format!("integration `{integration}` has no Coupa instance configured"),
-            ),
-            ProxyError::MethodNotAllowed(m) => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{m} is not supported"),
-            ),
+            ProxyError::MethodNotAllowed(m) => {
+                ("method_not_allowed", format!("{m} is not supported"))
+            }
             ProxyError::UpgradeRefused => (
-                StatusCode::BAD_REQUEST,
                 "upgrade_refused",
                 "protocol upgrades (Upgrade, h2c) are not supported".into(),
             ),
             ProxyError::Token { client, source } => (
-                StatusCode::SERVICE_UNAVAILABLE,
                 "token_unavailable",
                 format!(
                     "could not obtain an OAuth token for client `{client}` ({}); see keybridge logs",
@@ -121,17 +172,14 @@ impl ProxyError {
                 ),
             ),
             ProxyError::UpstreamUnreachable { instance, .. } => (
-                StatusCode::BAD_GATEWAY,
                 "upstream_unreachable",
                 format!("Coupa instance `{instance}` could not be reached"),
             ),
             ProxyError::UpstreamBadFraming { instance } => (
-                StatusCode::BAD_GATEWAY,
                 "upstream_bad_framing",
                 format!("Coupa instance `{instance}` sent an ambiguously framed response"),
             ),
             ProxyError::UpstreamTimeout { instance, after } => (
-                StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
                 format!(
                     "Coupa instance `{instance}` did not respond within {}s",
@@ -139,21 +187,16 @@ impl ProxyError {
                 ),
             ),
             ProxyError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
                 "keybridge failed to handle the request; see its logs".into(),
             ),
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.parts().0
-    }
-
     /// The JSON error response for this failure.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let (status, code, message) = self.parts();
-        json_error(status, code, &message)
+        let (code, message) = self.code_and_message();
+        json_error(self.status(), code, &message)
     }
 }
 
@@ -165,6 +208,7 @@ fn token_error_kind(e: &TokenError) -> String {
         TokenError::Rejected { error, .. } => format!("token endpoint said `{error}`"),
         TokenError::HttpStatus { status } => format!("token endpoint answered HTTP {status}"),
         TokenError::InvalidResponse(_) => "token endpoint sent an invalid response".into(),
+        TokenError::Internal(_) => "internal error".into(),
     }
 }
 
@@ -192,4 +236,50 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_fault() {
+        let cases: Vec<ProxyError> = vec![
+            ProxyError::MissingApiKey,
+            ProxyError::Denied {
+                integration: "x".into(),
+            },
+            ProxyError::ClientBody("cut".into()),
+            ProxyError::token(&"c".into(), TokenError::Timeout(Duration::from_secs(1))),
+            ProxyError::UpstreamTimeout {
+                instance: "prod".into(),
+                after: Duration::from_secs(1),
+            },
+            ProxyError::token(&"c".into(), TokenError::Internal("bug".into())),
+        ];
+        for e in cases {
+            let status = e.status();
+            let ok = match e.fault() {
+                Fault::Caller => status.is_client_error(),
+                Fault::Upstream | Fault::TokenEndpoint => {
+                    [502, 503, 504].contains(&status.as_u16())
+                }
+                Fault::Ours => status == StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            assert!(ok, "{e:?}: {status} for {:?}", e.fault());
+        }
+    }
+
+    #[test]
+    fn sources_are_kept_and_flattened_only_for_logs() {
+        let e = ProxyError::UpstreamUnreachable {
+            instance: "prod".into(),
+            source: "connection refused".into(),
+        };
+        assert_eq!(e.to_string(), "Coupa instance `prod` unreachable");
+        assert_eq!(
+            chain(&e),
+            "Coupa instance `prod` unreachable: connection refused"
+        );
+    }
 }

@@ -74,14 +74,6 @@ impl<V> KeyMap<V> {
         let fp = Fingerprint::of_key(key);
         (fp, self.by_fingerprint.get(&fp))
     }
-
-    pub fn len(&self) -> usize {
-        self.by_fingerprint.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_fingerprint.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -2,34 +2,42 @@
 //! Coupa's retired `X-COUPA-API-KEY` while Coupa sees OAuth 2.0 bearer tokens.
 //!
 //! The request flow, one step per module:
-//! 1. [`server`] accepts HTTP/1.1 and HTTP/2 and hands each request to the [`stack`].
-//! 2. [`proxy`] authenticates the key: SHA-256 fingerprint → integration ([`keys`]).
-//! 3. It picks the integration's client token from the [`token`] cache (fetched once,
-//!    refreshed ahead of expiry, never younger than the settle delay).
-//! 4. It rewrites the request ([`proxy::headers`], [`proxy::uri`]): hop-by-hop and key
-//!    headers out, bearer in, always to the configured instance.
-//! 5. It forwards over the pooled rustls client ([`upstream`]) and streams the response
-//!    back; failures become JSON errors in one place ([`error`]).
+//! 1. [`server`] accepts HTTP/1.1 and HTTP/2 and hands each request to the `stack`
+//!    (in-flight cap, sensitive headers), then to the [`proxy`].
+//! 2. The proxy admits it, finds the caller — SHA-256 fingerprint → integration in the
+//!    `routes` built once per configuration ([`keys`]) — and lets the integration's plan
+//!    pick the route (`cutover`).
+//! 3. It takes the client's token from the [`token`] cache (fetched once, refreshed
+//!    ahead of expiry, never younger than the settle delay).
+//! 4. It rewrites the request (hop-by-hop and key headers out, bearer in, always to the
+//!    configured instance) and forwards it over the worker's pooled rustls client
+//!    ([`upstream`]), streaming both ways; failures become JSON errors in one place.
+//! 5. It records the request for the `audit`, the [`metrics`] and the access log.
 //!
-//! [`config`] is parsed and validated once; [`admin`] serves health and readiness;
-//! [`mock`] is a mock Coupa for tests and the [`demo`].
+//! [`config`] is parsed and validated once; `reload` swaps it; `admin` serves health,
+//! readiness, metrics, the audit and the dashboard; [`commands`] are the CLI's
+//! subcommands; [`mock`] is a mock Coupa for tests and the [`demo`].
 
-pub mod admin;
+mod admin;
 pub mod audit;
+mod body;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod credentials;
-pub mod cutover;
+mod credentials;
+mod cutover;
 pub mod demo;
-pub mod error;
+mod error;
 pub mod keys;
-pub mod memory;
+mod memory;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
-pub mod scopes;
+mod reload;
+mod routes;
+mod scopes;
 pub mod server;
-pub mod stack;
-pub mod tls;
+mod stack;
+mod tls;
 pub mod token;
 pub mod upstream;

@@ -15,8 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::audit::Outcome;
-use crate::config::Mode;
+use crate::audit::{Outcome, OutcomeMap};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -47,13 +46,13 @@ pub struct Metrics {
     token_expiry: Family<ClientLabels, Gauge>,
 }
 
-/// Pre-created request counters of one integration, indexed by [`Outcome::index`].
+/// Pre-created request counters of one subject, one per [`Outcome`].
 #[derive(Clone, Debug)]
-pub struct OutcomeCounters([Counter; 6]);
+pub struct OutcomeCounters(OutcomeMap<Counter>);
 
 impl OutcomeCounters {
     pub fn inc(&self, outcome: Outcome) {
-        self.0[outcome.index()].inc();
+        self.0[outcome].inc();
     }
 }
 
@@ -104,7 +103,7 @@ impl Metrics {
 
     /// Counters for one subject (an integration, or `(unknown)`, `(native)`, …).
     pub fn outcome_counters(&self, integration: &Arc<str>, mode: &'static str) -> OutcomeCounters {
-        OutcomeCounters(Outcome::ALL.map(|o| {
+        OutcomeCounters(OutcomeMap::from_fn(|o| {
             self.requests
                 .get_or_create(&RequestLabels {
                     integration: Arc::clone(integration),
@@ -113,10 +112,6 @@ impl Metrics {
                 })
                 .clone()
         }))
-    }
-
-    pub fn integration_counters(&self, integration: &Arc<str>, mode: Mode) -> OutcomeCounters {
-        self.outcome_counters(integration, mode.as_str())
     }
 
     pub fn observe_upstream(&self, elapsed: Duration) {
@@ -147,6 +142,3 @@ impl Metrics {
         out
     }
 }
-
-/// Shared handle.
-pub type SharedMetrics = Arc<Metrics>;

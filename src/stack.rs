@@ -17,17 +17,18 @@ use hyper::body::Incoming;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+use crate::body::ResponseBody;
 use crate::error::json_error;
 use crate::proxy::headers::X_COUPA_API_KEY;
-use crate::proxy::{ProxyService, ResponseBody};
+use crate::proxy::{ProxyService, Upstream};
 
 /// Wraps the proxy service in its layers.
-pub fn proxy_stack(
-    proxy: ProxyService,
+pub fn proxy_stack<U: Upstream>(
+    proxy: ProxyService<U>,
     in_flight: &InFlight,
 ) -> impl Service<
     Request<Incoming>,
-    Response = Response<ResponseBody>,
+    Response = Response<ResponseBody<U::Body>>,
     Error = Infallible,
     Future = impl Send,
 > + Clone
@@ -42,9 +43,9 @@ pub fn proxy_stack(
         ]))
         // Shed load before doing any work: beyond `max_in_flight` requests, 503.
         .layer(in_flight.clone())
-        // Last: authenticate → route → token → rewrite → forward → pass back → record.
-        // (ProxyService also wraps the body in an idle timeout, server.body_read_timeout,
-        // so a trickled upload cannot hold a request open.)
+        // Last: admit → authenticate → route → token → rewrite → forward → pass back →
+        // record (crate::proxy). ProxyService also wraps the body in an idle timeout,
+        // server.body_read_timeout, so a trickled upload cannot hold a request open.
         .service(proxy)
 }
 
@@ -61,10 +62,6 @@ impl InFlight {
             count: Arc::default(),
             max,
         }
-    }
-
-    pub fn current(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -94,14 +91,15 @@ impl Drop for Slot {
     }
 }
 
-impl<S, B> Service<Request<B>> for InFlightLimit<S>
+impl<S, B, RB> Service<Request<B>> for InFlightLimit<S>
 where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<ResponseBody<RB>>, Error = Infallible>,
     S::Future: Send + 'static,
+    RB: Send + 'static,
 {
-    type Response = Response<ResponseBody>;
+    type Response = Response<ResponseBody<RB>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)

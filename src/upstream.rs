@@ -1,15 +1,12 @@
 //! The pooled HTTP client that talks to Coupa (API calls and token requests).
 //!
-//! One client for the whole process: keep-alive pool per instance, HTTP/1.1 or HTTP/2
+//! Keep-alive pool per instance, HTTP/1.1 or HTTP/2
 //! chosen by ALPN, rustls with the webpki root set (plus an optional private CA file).
 //! There is no way to disable certificate verification: a bad certificate fails closed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,15 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+use crate::body::UpstreamBody;
 use crate::config::UpstreamSettings;
 
-/// A caller's request body, aborted if it stalls for `server.body_read_timeout`.
-pub type CallerBody = crate::proxy::body::IdleTimeout<Incoming>;
-
-/// Request bodies sent upstream: a caller's body streamed through, or one we built.
-pub type UpstreamBody = Either<CallerBody, Full<Bytes>>;
-
-/// The shared upstream client.
+/// The pooled upstream client (one per proxy worker, one for token requests).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 #[derive(Debug, thiserror::Error)]

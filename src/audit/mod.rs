@@ -2,70 +2,25 @@
 //! scopes their clients need.
 //!
 //! [`recorder`] aggregates on the request path (one uncontended lock per request, no
-//! I/O); a background task hands the aggregates to [`store`] (SQLite) every
-//! `flush_interval`; [`report`] turns the store into the per-integration view shown by
-//! `keybridge audit`, `GET /audit` and the dashboard.
+//! I/O); a background task hands the aggregates to an [`AuditStore`] ([`sqlite`] is the
+//! embedded one) every `flush_interval`; [`report`] turns a store's [`Snapshot`] into
+//! the per-integration view shown by `keybridge audit`, `GET /audit` and the dashboard.
 
-pub mod recorder;
-pub mod report;
-pub mod store;
+mod outcome;
+pub(crate) mod recorder;
+pub(crate) mod report;
+mod sqlite;
+mod store;
 pub mod template;
 
+use std::sync::Arc;
+
+pub use outcome::{Outcome, OutcomeMap};
 pub use recorder::{Event, Recorder, Slot, Subject};
+pub use store::{AuditStore, Snapshot, StoreError};
 
-/// How a request was handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Forwarded with the legacy key (`observe`, `shadow`, canary's key share, unknown
-    /// keys under `unknown_keys: observe`).
-    ApiKey,
-    /// Forwarded with the integration's OAuth token.
-    Oauth,
-    /// Tried with OAuth, got 401/403, retried with the key.
-    Fallback,
-    /// Refused because the integration is in `deny`.
-    Denied,
-    /// The caller already sent a bearer token and no key.
-    Native,
-    /// Refused before forwarding (missing/unknown key, bad request, no token).
-    Rejected,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 6] = [
-        Outcome::ApiKey,
-        Outcome::Oauth,
-        Outcome::Fallback,
-        Outcome::Denied,
-        Outcome::Native,
-        Outcome::Rejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::ApiKey => "api_key",
-            Outcome::Oauth => "oauth",
-            Outcome::Fallback => "fallback",
-            Outcome::Denied => "denied",
-            Outcome::Native => "native",
-            Outcome::Rejected => "rejected",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-
-    /// Whether Coupa saw the legacy key for this request.
-    pub fn used_key(self) -> bool {
-        matches!(self, Outcome::ApiKey | Outcome::Fallback)
-    }
-}
+use crate::config::{AuditSettings, Config, Mode};
+use report::AuditReport;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
@@ -75,16 +30,25 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-use std::sync::Arc;
+/// Opens (creating and migrating if needed) the store `settings` name.
+pub fn open_store(settings: &AuditSettings) -> Result<Arc<dyn AuditStore>, StoreError> {
+    Ok(Arc::new(Arc::new(sqlite::SqliteStore::open(
+        &settings.path,
+    )?)))
+}
 
-use crate::config::Config;
-use report::AuditReport;
-use store::{Snapshot, Store, StoreError};
+fn modes(config: &Config) -> Vec<(Arc<str>, Mode)> {
+    config
+        .integrations
+        .iter()
+        .map(|i| (Arc::clone(&i.name), i.plan.mode()))
+        .collect()
+}
 
 /// The recorder and its store, with the flushing between them.
 pub struct Audit {
     pub recorder: Arc<Recorder>,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn AuditStore>>,
     max_unknown_keys: usize,
     /// Serialises flushes (background, on demand, at shutdown).
     flushing: tokio::sync::Mutex<()>,
@@ -92,7 +56,7 @@ pub struct Audit {
 
 impl Audit {
     /// Opens the store (if the audit is enabled) and records the configured modes.
-    pub fn open(config: &Config) -> Result<Audit, StoreError> {
+    pub async fn open(config: &Config) -> Result<Audit, StoreError> {
         let settings = &config.audit;
         let recorder = Arc::new(Recorder::new(
             settings.enabled,
@@ -100,12 +64,9 @@ impl Audit {
             settings.max_unknown_keys,
         ));
         let store = if settings.enabled {
-            let store = Store::open(&settings.path)?;
-            store.sync_modes(
-                config.integrations.iter().map(|i| (&*i.name, i.mode)),
-                unix_now(),
-            )?;
-            Some(Arc::new(store))
+            let store = open_store(settings)?;
+            store.sync_modes(modes(config), unix_now()).await?;
+            Some(store)
         } else {
             None
         };
@@ -122,20 +83,10 @@ impl Audit {
     pub async fn adopt(&self, config: &Config) -> Result<(), StoreError> {
         self.recorder
             .ensure_slots(config.integrations.iter().map(|i| &i.name));
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let store = Arc::clone(store);
-        let modes: Vec<(Arc<str>, crate::config::Mode)> = config
-            .integrations
-            .iter()
-            .map(|i| (Arc::clone(&i.name), i.mode))
-            .collect();
-        tokio::task::spawn_blocking(move || {
-            store.sync_modes(modes.iter().map(|(n, m)| (&**n, *m)), unix_now())
-        })
-        .await
-        .unwrap_or(Ok(()))
+        match &self.store {
+            Some(store) => store.sync_modes(modes(config), unix_now()).await,
+            None => Ok(()),
+        }
     }
 
     /// Writes what the recorder gathered since the last flush. On failure the data goes
@@ -149,17 +100,14 @@ impl Audit {
         if batch.is_empty() {
             return Ok(());
         }
-        let store = Arc::clone(store);
-        let max = self.max_unknown_keys;
         let subjects = batch.len();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let r = store.apply(&batch, unix_now(), max);
-            (batch, r)
-        })
-        .await;
-        match result {
-            Ok((_, Ok(()))) => {
+        let batch = Arc::new(batch);
+        match store
+            .apply(Arc::clone(&batch), unix_now(), self.max_unknown_keys)
+            .await
+        {
+            Ok(()) => {
                 tracing::debug!(
                     subjects,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -167,13 +115,10 @@ impl Audit {
                 );
                 Ok(())
             }
-            Ok((batch, Err(e))) => {
-                self.recorder.restore(batch);
+            Err(e) => {
+                self.recorder
+                    .restore(Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone()));
                 Err(e)
-            }
-            Err(join) => {
-                tracing::error!(error = %join, "audit flush task failed; this window is lost");
-                Ok(())
             }
         }
     }
@@ -181,16 +126,9 @@ impl Audit {
     /// Flushes, then reads the whole store.
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.flush().await?;
-        let Some(store) = &self.store else {
-            return Ok(Snapshot::default());
-        };
-        let store = Arc::clone(store);
-        match tokio::task::spawn_blocking(move || store.snapshot()).await {
-            Ok(r) => r,
-            Err(join) => {
-                tracing::error!(error = %join, "audit read task failed");
-                Ok(Snapshot::default())
-            }
+        match &self.store {
+            Some(store) => store.snapshot().await,
+            None => Ok(Snapshot::default()),
         }
     }
 

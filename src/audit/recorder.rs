@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Outcome, unix_now};
+use super::outcome::{Outcome, OutcomeMap};
+use super::unix_now;
 
 const MAX_IPS: usize = 64;
 const MAX_USER_AGENTS: usize = 32;
@@ -83,7 +84,7 @@ pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// Aggregates since the last flush, for one subject.
 #[derive(Debug, Default, Clone)]
 pub struct Window {
-    pub counts: [u64; 6],
+    pub counts: OutcomeMap<u64>,
     pub first_seen: Option<i64>,
     pub last_seen: Option<i64>,
     pub last_key_seen: Option<i64>,
@@ -104,7 +105,7 @@ impl Window {
     }
 
     fn add(&mut self, e: &Event<'_>, now: i64) {
-        self.counts[e.outcome.index()] += 1;
+        self.counts[e.outcome] += 1;
         self.first_seen.get_or_insert(now);
         self.last_seen = Some(now);
         if e.outcome.used_key() {
@@ -289,9 +290,7 @@ impl Recorder {
 }
 
 fn merge(into: &mut Window, w: Window) {
-    for (i, c) in w.counts.iter().enumerate() {
-        into.counts[i] += c;
-    }
+    into.counts.add(&w.counts);
     into.first_seen = min_opt(into.first_seen, w.first_seen);
     into.last_seen = into.last_seen.max(w.last_seen);
     into.last_key_seen = into.last_key_seen.max(w.last_key_seen);
@@ -379,6 +378,6 @@ mod tests {
         r.record_in(&slot, &event("GET /api/invoices/:id"));
         r.restore(batch);
         let batch = r.take();
-        assert_eq!(batch[0].1.counts[Outcome::ApiKey.index()], 2);
+        assert_eq!(batch[0].1.counts[Outcome::ApiKey], 2);
     }
 }

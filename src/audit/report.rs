@@ -13,9 +13,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::Method;
 use serde::Serialize;
 
-use super::Outcome;
 use super::store::{Snapshot, SubjectRow};
-use crate::config::{Config, Integration, Mode};
+use super::{Outcome, OutcomeMap};
+use crate::config::{Config, Integration, Mode, Percent};
 use crate::scopes::required_scope;
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,16 +135,13 @@ pub fn rfc3339(unix: i64) -> String {
         .to_string()
 }
 
-fn by_outcome(counts: &[u64; 6]) -> BTreeMap<&'static str, u64> {
-    Outcome::ALL
-        .iter()
-        .map(|o| (o.as_str(), counts[o.index()]))
-        .collect()
+fn by_outcome(counts: &OutcomeMap<u64>) -> BTreeMap<&'static str, u64> {
+    counts.iter().map(|(o, c)| (o.as_str(), *c)).collect()
 }
 
-fn key_share(counts: &[u64; 6]) -> Option<f64> {
-    let keyed = counts[Outcome::ApiKey.index()] + counts[Outcome::Fallback.index()];
-    let forwarded = keyed + counts[Outcome::Oauth.index()] + counts[Outcome::Native.index()];
+fn key_share(counts: &OutcomeMap<u64>) -> Option<f64> {
+    let keyed = counts[Outcome::ApiKey] + counts[Outcome::Fallback];
+    let forwarded = keyed + counts[Outcome::Oauth] + counts[Outcome::Native];
     (forwarded > 0).then(|| (keyed as f64 * 1000.0 / forwarded as f64).round() / 10.0)
 }
 
@@ -175,11 +172,9 @@ fn endpoints(row: &SubjectRow) -> Vec<EndpointReport> {
 /// Builds the report from the store's snapshot and the current config.
 pub fn build(snapshot: &Snapshot, config: &Config, now: i64) -> AuditReport {
     let empty = SubjectRow::default();
-    let mut totals = [0u64; 6];
+    let mut totals = OutcomeMap::<u64>::default();
     for row in snapshot.subjects.values() {
-        for (i, c) in row.counts.iter().enumerate() {
-            totals[i] += c;
-        }
+        totals.add(&row.counts);
     }
 
     let mut integrations: Vec<IntegrationReport> = config
@@ -203,7 +198,7 @@ pub fn build(snapshot: &Snapshot, config: &Config, now: i64) -> AuditReport {
         kind,
         name: name.to_owned(),
         requests: by_outcome(&row.counts),
-        total: row.counts.iter().sum(),
+        total: row.counts.total(),
         first_seen: row.first_seen.map(rfc3339),
         last_seen: row.last_seen.map(rfc3339),
         ip_addresses: row.ips.iter().map(|(v, _)| v.clone()).collect(),
@@ -249,8 +244,8 @@ fn integration_report(
     config: &Config,
     now: i64,
 ) -> IntegrationReport {
-    let mode = integration.map(|i| i.mode);
-    let client = integration.and_then(|i| i.client.as_ref());
+    let mode = integration.map(|i| i.plan.mode());
+    let client = integration.and_then(|i| i.plan.client());
     let fallbacks: Vec<FallbackReport> = row
         .fallbacks
         .iter()
@@ -288,7 +283,7 @@ fn integration_report(
         &fallbacks,
         &shadow_findings,
     );
-    let fallback_count = row.counts[Outcome::Fallback.index()];
+    let fallback_count = row.counts[Outcome::Fallback];
     let ready_after = config.audit.ready_after.as_secs() as i64;
     let quiet_since = |t: Option<i64>| t.is_none_or(|t| now - t >= ready_after);
     let (state, state_code) = match mode {
@@ -305,7 +300,9 @@ fn integration_report(
         Some(Mode::Canary) => (
             format!(
                 "canary ({}% OAuth, {} fallback{})",
-                integration.map(|i| i.canary_percent).unwrap_or(0),
+                integration
+                    .and_then(|i| i.plan.canary_percent())
+                    .map_or(0, Percent::get),
                 fallback_count,
                 if fallback_count == 1 { "" } else { "s" }
             ),
@@ -332,18 +329,18 @@ fn integration_report(
         mode,
         client: client.map(|c| c.name.to_string()),
         instance: integration
-            .and_then(|i| i.instance.as_ref())
+            .and_then(|i| i.plan.instance())
             .map(|i| i.name.to_string()),
         canary_percent: integration
-            .filter(|i| i.mode == Mode::Canary)
-            .map(|i| i.canary_percent),
+            .and_then(|i| i.plan.canary_percent())
+            .map(Percent::get),
         shadow_percent: integration
-            .filter(|i| i.mode == Mode::Shadow)
-            .map(|i| i.shadow_percent),
+            .and_then(|i| i.plan.shadow_percent())
+            .map(Percent::get),
         state,
         state_code,
         requests: by_outcome(&row.counts),
-        total: row.counts.iter().sum(),
+        total: row.counts.total(),
         first_seen: row.first_seen.map(rfc3339),
         last_seen: row.last_seen.map(rfc3339),
         last_key_seen: row.last_key_seen.map(rfc3339),

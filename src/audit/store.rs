@@ -1,57 +1,39 @@
-//! The audit's SQLite file: totals per subject, endpoint, status and minute.
+//! What the audit needs from a store, whichever engine holds it.
 //!
-//! Writes are additive upserts of what the recorder aggregated since the last flush, in
-//! one transaction per flush. The schema is versioned with `PRAGMA user_version`; each
-//! migration runs once, in order, inside a transaction. Blocking: call from
-//! `spawn_blocking` (or at start-up).
+//! The recorder aggregates in memory; every flush hands a [`Batch`] to an [`AuditStore`],
+//! which adds it to its totals (additive upserts: counts add, first-seen keeps the
+//! minimum, last-seen the maximum), so any number of writers yield exact totals. The
+//! report reads a [`Snapshot`]. A store opens and migrates its schema when it is
+//! created, refusing a schema newer than this binary knows.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, params};
-
-use super::Outcome;
-use super::recorder::{OTHER_UNKNOWN_KEYS, Subject, Window};
+use super::outcome::OutcomeMap;
+use super::recorder::{Subject, Window};
 use crate::config::Mode;
 
-/// Migrations, in order. Never edit a released one; append.
-const MIGRATIONS: &[&str] = &[
-    // v1: the initial schema.
-    "CREATE TABLE subjects (
-        kind TEXT NOT NULL, name TEXT NOT NULL,
-        first_seen INTEGER, last_seen INTEGER, last_key_seen INTEGER, last_fallback INTEGER,
-        mode TEXT, mode_since INTEGER,
-        PRIMARY KEY (kind, name));
-     CREATE TABLE outcomes (
-        kind TEXT NOT NULL, name TEXT NOT NULL, outcome TEXT NOT NULL, count INTEGER NOT NULL,
-        PRIMARY KEY (kind, name, outcome));
-     CREATE TABLE endpoints (
-        kind TEXT NOT NULL, name TEXT NOT NULL, endpoint TEXT NOT NULL, status INTEGER NOT NULL,
-        count INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-        PRIMARY KEY (kind, name, endpoint, status));
-     CREATE TABLE fallbacks (
-        kind TEXT NOT NULL, name TEXT NOT NULL, endpoint TEXT NOT NULL, status INTEGER NOT NULL,
-        count INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-        PRIMARY KEY (kind, name, endpoint, status));
-     CREATE TABLE shadow (
-        kind TEXT NOT NULL, name TEXT NOT NULL, endpoint TEXT NOT NULL,
-        key_status INTEGER NOT NULL, oauth_status INTEGER NOT NULL,
-        count INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-        PRIMARY KEY (kind, name, endpoint, key_status, oauth_status));
-     CREATE TABLE peers (
-        kind TEXT NOT NULL, name TEXT NOT NULL, what TEXT NOT NULL, value TEXT NOT NULL,
-        count INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-        PRIMARY KEY (kind, name, what, value));
-     CREATE TABLE traffic (
-        minute INTEGER PRIMARY KEY,
-        api_key INTEGER NOT NULL DEFAULT 0, oauth INTEGER NOT NULL DEFAULT 0,
-        fallback INTEGER NOT NULL DEFAULT 0, denied INTEGER NOT NULL DEFAULT 0,
-        native INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);",
-];
+/// One flush: every subject's window since the last one.
+pub type Batch = Vec<(Subject, Window)>;
 
-/// Peer values kept per subject (IPs and user agents); more are not stored.
-const MAX_PEERS_PER_SUBJECT: i64 = 200;
+/// A store call in progress.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// An audit store. Calls never block the runtime.
+pub trait AuditStore: Send + Sync {
+    /// Which store this is, for logs (`SQLite /var/lib/keybridge/audit.db`).
+    fn describe(&self) -> String;
+    /// Adds one flush's aggregates. Unknown keys beyond `max_unknown_keys` distinct
+    /// fingerprints are counted under one overflow subject.
+    fn apply(&self, batch: Arc<Batch>, now: i64, max_unknown_keys: usize) -> StoreFuture<'_, ()>;
+    /// Reads everything the report needs.
+    fn snapshot(&self) -> StoreFuture<'_, Snapshot>;
+    /// Records each integration's configured mode, restarting `mode_since` on change.
+    fn sync_modes(&self, modes: Vec<(Arc<str>, Mode)>, now: i64) -> StoreFuture<'_, ()>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,6 +42,8 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("audit store task failed: {0}")]
+    Task(String),
     #[error(
         "audit store {path} has schema version {found}, newer than this keybridge knows ({known}); upgrade keybridge"
     )]
@@ -70,18 +54,12 @@ pub enum StoreError {
     },
 }
 
-/// An open audit file.
-pub struct Store {
-    path: PathBuf,
-    conn: Mutex<Connection>,
-}
-
 /// Everything the report needs, read in one go.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub subjects: BTreeMap<(String, String), SubjectRow>,
-    /// (minute, counts by outcome index).
-    pub traffic: Vec<(i64, [u64; 6])>,
+    /// (minute, counts by outcome).
+    pub traffic: Vec<(i64, OutcomeMap<u64>)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -92,376 +70,11 @@ pub struct SubjectRow {
     pub last_fallback: Option<i64>,
     pub mode: Option<String>,
     pub mode_since: Option<i64>,
-    pub counts: [u64; 6],
+    pub counts: OutcomeMap<u64>,
     /// endpoint → status → count.
     pub endpoints: BTreeMap<String, BTreeMap<u16, u64>>,
     pub fallbacks: Vec<(String, u16, u64)>,
     pub shadow: Vec<(String, u16, u16, u64)>,
     pub ips: Vec<(String, u64)>,
     pub user_agents: Vec<(String, u64)>,
-}
-
-impl Store {
-    /// Opens (creating if needed) and migrates the file.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let err = |source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
-        };
-        let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err)?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                path: path.to_owned(),
-                found: version,
-                known,
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction().map_err(err)?;
-            tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(err)?;
-            tx.commit().map_err(err)?;
-            tracing::info!(path = %path.display(), version = i + 1, "audit store migrated");
-        }
-        Ok(Store {
-            path: path.to_owned(),
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records each integration's configured mode, restarting `mode_since` on change.
-    pub fn sync_modes<'a>(
-        &self,
-        modes: impl IntoIterator<Item = (&'a str, Mode)>,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        for (name, mode) in modes {
-            exec(&tx,
-                "INSERT INTO subjects (kind, name, mode, mode_since) VALUES ('integration', ?1, ?2, ?3)
-                 ON CONFLICT (kind, name) DO UPDATE SET
-                   mode_since = CASE WHEN subjects.mode IS excluded.mode THEN subjects.mode_since ELSE excluded.mode_since END,
-                   mode = excluded.mode",
-                params![name, mode.as_str(), now],
-            )
-            .map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    /// Adds one flush's aggregates. Unknown keys beyond `max_unknown_keys` distinct
-    /// fingerprints are counted under one overflow subject.
-    pub fn apply(
-        &self,
-        batch: &[(Subject, Window)],
-        now: i64,
-        max_unknown_keys: usize,
-    ) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let mut unknown_stored: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM subjects WHERE kind = 'unknown_key' AND name != ?1",
-                [OTHER_UNKNOWN_KEYS],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
-        let mut minute_totals = [0u64; 6];
-        for (subject, w) in batch {
-            let (kind, mut name) = (subject.kind(), subject.name());
-            if let Subject::UnknownKey(fp) = subject {
-                let known = tx
-                    .query_row(
-                        "SELECT 1 FROM subjects WHERE kind = 'unknown_key' AND name = ?1",
-                        [fp],
-                        |_| Ok(()),
-                    )
-                    .optional()
-                    .map_err(|e| self.err(e))?
-                    .is_some();
-                if !known && fp != OTHER_UNKNOWN_KEYS {
-                    if unknown_stored >= max_unknown_keys as i64 {
-                        name = OTHER_UNKNOWN_KEYS;
-                    } else {
-                        unknown_stored += 1;
-                    }
-                }
-            }
-            for (i, c) in w.counts.iter().enumerate() {
-                minute_totals[i] += c;
-            }
-            exec(&tx,
-                "INSERT INTO subjects (kind, name, first_seen, last_seen, last_key_seen, last_fallback)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (kind, name) DO UPDATE SET
-                   first_seen = COALESCE(MIN(subjects.first_seen, excluded.first_seen), subjects.first_seen, excluded.first_seen),
-                   last_seen = COALESCE(MAX(subjects.last_seen, excluded.last_seen), subjects.last_seen, excluded.last_seen),
-                   last_key_seen = COALESCE(MAX(subjects.last_key_seen, excluded.last_key_seen), subjects.last_key_seen, excluded.last_key_seen),
-                   last_fallback = COALESCE(MAX(subjects.last_fallback, excluded.last_fallback), subjects.last_fallback, excluded.last_fallback)",
-                params![kind, name, w.first_seen, w.last_seen, w.last_key_seen, w.last_fallback],
-            )
-            .map_err(|e| self.err(e))?;
-            for o in Outcome::ALL {
-                let c = w.counts[o.index()];
-                if c > 0 {
-                    exec(&tx,
-                        "INSERT INTO outcomes (kind, name, outcome, count) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (kind, name, outcome) DO UPDATE SET count = count + excluded.count",
-                        params![kind, name, o.as_str(), c as i64],
-                    )
-                    .map_err(|e| self.err(e))?;
-                }
-            }
-            for (endpoint, statuses) in &w.endpoints {
-                for (status, c) in statuses {
-                    exec(&tx,
-                        "INSERT INTO endpoints (kind, name, endpoint, status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                        params![kind, name, endpoint, status, *c as i64, now],
-                    )
-                    .map_err(|e| self.err(e))?;
-                }
-            }
-            for ((endpoint, status), c) in &w.fallbacks {
-                exec(&tx,
-                    "INSERT INTO fallbacks (kind, name, endpoint, status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                    params![kind, name, endpoint, status, *c as i64, now],
-                )
-                .map_err(|e| self.err(e))?;
-            }
-            for ((endpoint, key_status, oauth_status), c) in &w.shadow {
-                exec(&tx,
-                    "INSERT INTO shadow (kind, name, endpoint, key_status, oauth_status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (kind, name, endpoint, key_status, oauth_status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                    params![kind, name, endpoint, key_status, oauth_status, *c as i64, now],
-                )
-                .map_err(|e| self.err(e))?;
-            }
-            let peers = w
-                .ips
-                .iter()
-                .map(|(ip, c)| ("ip", ip.to_string(), *c))
-                .chain(
-                    w.user_agents
-                        .iter()
-                        .map(|(ua, c)| ("user_agent", ua.clone(), *c)),
-                );
-            for (what, value, c) in peers {
-                exec(&tx,
-                    "INSERT INTO peers (kind, name, what, value, count, last_seen)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6
-                     WHERE EXISTS (SELECT 1 FROM peers WHERE kind = ?1 AND name = ?2 AND what = ?3 AND value = ?4)
-                        OR (SELECT COUNT(*) FROM peers WHERE kind = ?1 AND name = ?2 AND what = ?3) < ?7
-                     ON CONFLICT (kind, name, what, value) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                    params![kind, name, what, value, c as i64, now, MAX_PEERS_PER_SUBJECT],
-                )
-                .map_err(|e| self.err(e))?;
-            }
-        }
-        exec(&tx,
-            "INSERT INTO traffic (minute, api_key, oauth, fallback, denied, native, rejected) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (minute) DO UPDATE SET api_key = api_key + excluded.api_key, oauth = oauth + excluded.oauth,
-               fallback = fallback + excluded.fallback, denied = denied + excluded.denied,
-               native = native + excluded.native, rejected = rejected + excluded.rejected",
-            params![
-                now - now.rem_euclid(60),
-                minute_totals[0] as i64,
-                minute_totals[1] as i64,
-                minute_totals[2] as i64,
-                minute_totals[3] as i64,
-                minute_totals[4] as i64,
-                minute_totals[5] as i64
-            ],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    /// Reads everything.
-    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let conn = self.lock();
-        let e = |source| self.err(source);
-        let mut snap = Snapshot::default();
-        let mut stmt = conn
-            .prepare("SELECT kind, name, first_seen, last_seen, last_key_seen, last_fallback, mode, mode_since FROM subjects")
-            .map_err(e)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                    SubjectRow {
-                        first_seen: r.get(2)?,
-                        last_seen: r.get(3)?,
-                        last_key_seen: r.get(4)?,
-                        last_fallback: r.get(5)?,
-                        mode: r.get(6)?,
-                        mode_since: r.get(7)?,
-                        ..SubjectRow::default()
-                    },
-                ))
-            })
-            .map_err(e)?;
-        for row in rows {
-            let (k, v) = row.map_err(e)?;
-            snap.subjects.insert(k, v);
-        }
-        drop(stmt);
-
-        let mut stmt = conn
-            .prepare("SELECT kind, name, outcome, count FROM outcomes")
-            .map_err(e)?;
-        let mut rows = stmt.query([]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let key = (
-                r.get::<_, String>(0).map_err(e)?,
-                r.get::<_, String>(1).map_err(e)?,
-            );
-            let outcome: String = r.get(2).map_err(e)?;
-            let count: i64 = r.get(3).map_err(e)?;
-            if let (Some(s), Some(o)) = (snap.subjects.get_mut(&key), Outcome::parse(&outcome)) {
-                s.counts[o.index()] = count.max(0) as u64;
-            }
-        }
-        drop(rows);
-        drop(stmt);
-
-        let mut stmt = conn
-            .prepare("SELECT kind, name, endpoint, status, count FROM endpoints")
-            .map_err(e)?;
-        let mut rows = stmt.query([]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let key = (
-                r.get::<_, String>(0).map_err(e)?,
-                r.get::<_, String>(1).map_err(e)?,
-            );
-            if let Some(s) = snap.subjects.get_mut(&key) {
-                let count: i64 = r.get(4).map_err(e)?;
-                s.endpoints
-                    .entry(r.get(2).map_err(e)?)
-                    .or_default()
-                    .insert(r.get(3).map_err(e)?, count.max(0) as u64);
-            }
-        }
-        drop(rows);
-        drop(stmt);
-
-        let mut stmt = conn
-            .prepare(
-                "SELECT kind, name, endpoint, status, count FROM fallbacks ORDER BY count DESC",
-            )
-            .map_err(e)?;
-        let mut rows = stmt.query([]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let key = (
-                r.get::<_, String>(0).map_err(e)?,
-                r.get::<_, String>(1).map_err(e)?,
-            );
-            if let Some(s) = snap.subjects.get_mut(&key) {
-                let count: i64 = r.get(4).map_err(e)?;
-                s.fallbacks.push((
-                    r.get(2).map_err(e)?,
-                    r.get(3).map_err(e)?,
-                    count.max(0) as u64,
-                ));
-            }
-        }
-        drop(rows);
-        drop(stmt);
-
-        let mut stmt = conn
-            .prepare("SELECT kind, name, endpoint, key_status, oauth_status, count FROM shadow ORDER BY count DESC")
-            .map_err(e)?;
-        let mut rows = stmt.query([]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let key = (
-                r.get::<_, String>(0).map_err(e)?,
-                r.get::<_, String>(1).map_err(e)?,
-            );
-            if let Some(s) = snap.subjects.get_mut(&key) {
-                let count: i64 = r.get(5).map_err(e)?;
-                s.shadow.push((
-                    r.get(2).map_err(e)?,
-                    r.get(3).map_err(e)?,
-                    r.get(4).map_err(e)?,
-                    count.max(0) as u64,
-                ));
-            }
-        }
-        drop(rows);
-        drop(stmt);
-
-        let mut stmt = conn
-            .prepare("SELECT kind, name, what, value, count FROM peers ORDER BY count DESC, value")
-            .map_err(e)?;
-        let mut rows = stmt.query([]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let key = (
-                r.get::<_, String>(0).map_err(e)?,
-                r.get::<_, String>(1).map_err(e)?,
-            );
-            if let Some(s) = snap.subjects.get_mut(&key) {
-                let what: String = r.get(2).map_err(e)?;
-                let count: i64 = r.get(4).map_err(e)?;
-                let entry = (r.get(3).map_err(e)?, count.max(0) as u64);
-                if what == "ip" {
-                    s.ips.push(entry);
-                } else {
-                    s.user_agents.push(entry);
-                }
-            }
-        }
-        drop(rows);
-        drop(stmt);
-
-        let mut stmt = conn
-            .prepare("SELECT minute, api_key, oauth, fallback, denied, native, rejected FROM traffic ORDER BY minute")
-            .map_err(e)?;
-        let mut rows = stmt.query([]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let mut counts = [0u64; 6];
-            for (i, c) in counts.iter_mut().enumerate() {
-                let v: i64 = r.get(i + 1).map_err(e)?;
-                *c = v.max(0) as u64;
-            }
-            snap.traffic.push((r.get(0).map_err(e)?, counts));
-        }
-        Ok(snap)
-    }
-}
-
-/// Executes `sql` through the connection's statement cache (flushes repeat the same
-/// few statements thousands of times).
-fn exec(
-    tx: &rusqlite::Transaction<'_>,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<usize> {
-    tx.prepare_cached(sql)?.execute(params)
 }

@@ -85,6 +85,63 @@ fn is_valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Expands `${VAR}` in every string scalar of the tree (not in mapping keys).
+pub(super) fn expand_tree(
+    value: &mut serde_yaml_ng::Value,
+    path: &mut String,
+    env: &dyn Env,
+    errors: &mut Vec<super::FieldError>,
+    expanded: &mut Vec<String>,
+) {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::String(s) => match expand(s, env) {
+            Ok(Some(value)) => {
+                // Remember the values that came from the environment, as they are and as
+                // serde would quote them (values under 4 bytes are no secret, and
+                // redacting them everywhere would garble messages).
+                for var in referenced(s) {
+                    if let Some(v) = env.var(var).filter(|v| v.len() >= 4) {
+                        let quoted = format!("{v:?}");
+                        expanded.push(quoted[1..quoted.len() - 1].to_owned());
+                        expanded.push(v);
+                    }
+                }
+                *s = value;
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(super::FieldError {
+                field: path.clone(),
+                message: e.to_string(),
+            }),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_tree(item, path, env, errors, expanded);
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                match k {
+                    Value::String(k) => path.push_str(k),
+                    other => path.push_str(&format!("{other:?}")),
+                }
+                expand_tree(v, path, env, errors, expanded);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(t) => expand_tree(&mut t.value, path, env, errors, expanded),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

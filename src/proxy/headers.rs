@@ -112,12 +112,6 @@ pub fn set_credential(headers: &mut HeaderMap, credential: Credential<'_>) {
     }
 }
 
-/// Rewrites a caller's headers for an OAuth request: sanitized, then our bearer.
-pub fn rewrite_request(headers: &mut HeaderMap, bearer: &HeaderValue, peer: IpAddr) {
-    sanitize_request(headers, peer);
-    set_credential(headers, Credential::Bearer(bearer));
-}
-
 /// Appends the caller's address to `X-Forwarded-For`.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     // Several header lines form one list (RFC 9110 §5.3); keep all of them.
@@ -151,6 +145,12 @@ pub fn rewrite_response(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the OAuth path does to a caller's headers: sanitize, then our bearer.
+    fn rewrite_request(headers: &mut HeaderMap, bearer: &HeaderValue, peer: IpAddr) {
+        sanitize_request(headers, peer);
+        set_credential(headers, Credential::Bearer(bearer));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -5,67 +5,57 @@
 //! statuses are recorded (a difference is a finding, typically a missing scope). Only
 //! safe methods are replayed, never writes.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 
+use super::Upstream;
 use super::headers::Credential;
-use super::{Caller, Outbound, Shared, send};
-use crate::upstream::UpstreamBody;
+use super::outbound::Outbound;
+use super::retry::token_refused;
+use super::send::send;
+use crate::config::Client;
+use crate::routes::{Caller, Routes};
 
 /// Bytes of a replayed response read before it is dropped.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
-pub struct Replay {
-    pub shared: Arc<Shared>,
+pub(super) struct Replay<U> {
+    pub routes: Arc<Routes>,
+    pub upstream: U,
     pub caller: Arc<Caller>,
-    pub method: Method,
-    pub uri: Uri,
-    pub headers: HeaderMap,
-    pub peer: SocketAddr,
+    pub client: Arc<Client>,
+    /// The original request, sanitized, without credential or body (GET/HEAD).
+    pub request: Outbound,
     pub endpoint: String,
     pub key_status: u16,
 }
 
-impl Replay {
-    pub async fn run(self) {
+impl<U: Upstream> Replay<U> {
+    pub(super) async fn run(self) {
         let integration = &self.caller.integration;
-        let Some(client) = integration.client.as_ref() else {
-            return;
-        };
-        let token = match self.shared.tokens.get(&client.name).await {
+        let client = &self.client;
+        let token = match self.routes.tokens.get(&client.name).await {
             Ok(token) => token,
             Err(e) => {
                 tracing::warn!(integration = %integration.name, client = %client.name, error = %e, "shadow replay skipped: no token");
                 return;
             }
         };
-        let out = match Outbound::new(
-            self.method,
-            &self.uri,
-            self.headers,
-            &client.instance,
-            self.peer,
-        ) {
-            Ok(out) => out,
-            Err(e) => {
-                tracing::debug!(error = %e, "shadow replay skipped");
-                return;
-            }
-        };
-        let body: UpstreamBody = http_body_util::Either::Right(http_body_util::Full::default());
-        let request = out.into_request(Credential::Bearer(token.authorization()), body);
-        let oauth_status = match send(&self.shared, request, &client.instance).await {
+        let request = self.request.into_request(
+            Credential::Bearer(token.authorization()),
+            Either::Right(Full::default()),
+        );
+        let oauth_status = match send(&self.upstream, &self.routes, request, &client.instance).await
+        {
             Ok(response) => {
                 let status = response.status();
                 // Read (bounded) so the pooled connection can be reused.
                 let _ = Limited::new(response.into_body(), DRAIN_LIMIT)
                     .collect()
                     .await;
-                if status == StatusCode::UNAUTHORIZED {
-                    self.shared
+                if token_refused(status) {
+                    self.routes
                         .tokens
                         .invalidate(&client.name, token.serial)
                         .await;
@@ -77,7 +67,7 @@ impl Replay {
                 return;
             }
         };
-        self.shared.recorder.record_shadow(
+        self.routes.recorder.record_shadow(
             &self.caller.audit,
             &self.endpoint,
             self.key_status,

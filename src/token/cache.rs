@@ -186,7 +186,7 @@ impl TokenCache {
         let name = client.to_owned();
         let slot = tokio::spawn(async move { cache.refresh(&name).await })
             .await
-            .map_err(|e| TokenError::Unreachable(format!("token fetch task failed: {e}")))??;
+            .map_err(|e| TokenError::Internal(format!("token fetch task failed: {e}")))??;
         let expired = || {
             TokenError::InvalidResponse(
                 "token expired before it could be used (expires_in shorter than the settle delay?)"
@@ -213,7 +213,7 @@ impl TokenCache {
         let client = inner
             .clients
             .get(name)
-            .ok_or_else(|| TokenError::Unreachable(format!("no client named `{name}`")))?;
+            .ok_or_else(|| TokenError::Internal(format!("no client named `{name}`")))?;
         let queued_at = Instant::now();
         let result = inner
             .cache
@@ -245,7 +245,7 @@ impl TokenCache {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
                 Ok(e.into_value())
             }
-            CompResult::StillNone(_) | CompResult::Removed(_) => Err(TokenError::Unreachable(
+            CompResult::StillNone(_) | CompResult::Removed(_) => Err(TokenError::Internal(
                 "token cache entry vanished during refresh".into(),
             )),
         }

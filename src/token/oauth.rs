@@ -46,6 +46,9 @@ pub enum TokenError {
     HttpStatus { status: u16 },
     #[error("token endpoint sent an unusable response: {0}")]
     InvalidResponse(String),
+    /// A keybridge bug, not the endpoint's doing.
+    #[error("internal error in the token cache: {0}")]
+    Internal(String),
 }
 
 fn describe(d: &Option<String>) -> String {
@@ -118,7 +121,7 @@ async fn request_token_unbounded(http: &HttpClient, client: &Client) -> Result<G
     }
 }
 
-fn build_request(client: &Client) -> Result<Request<crate::upstream::UpstreamBody>, TokenError> {
+fn build_request(client: &Client) -> Result<Request<crate::body::UpstreamBody>, TokenError> {
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.append_pair("grant_type", "client_credentials");
     if client.auth == ClientAuth::Body {
@@ -156,7 +159,7 @@ fn build_request(client: &Client) -> Result<Request<crate::upstream::UpstreamBod
     }
     builder
         .body(Either::Right(Full::new(Bytes::from(body))))
-        .map_err(|e| TokenError::Unreachable(format!("cannot build token request: {e}")))
+        .map_err(|e| TokenError::Internal(format!("cannot build token request: {e}")))
 }
 
 /// Parses and validates a 2xx token response.

@@ -1,21 +1,39 @@
-//! Request bodies on the OAuth path: buffered when small enough to replay.
+//! Request and response body types, in one leaf module both the proxy and the upstream
+//! client use (it imports neither).
 //!
-//! A request may be retried (fresh token after a 401, key fallback after 401/403)
-//! only if its whole body is held. Bodies with a `Content-Length` up to
-//! `cutover.replay_body_limit` are read into memory first; larger or chunked bodies
-//! stream straight through and are never replayed.
+//! - [`CallerBody`]: what a caller sends, aborted if it stalls ([`IdleTimeout`]).
+//! - [`UpstreamBody`]: what goes to Coupa: the caller's body streamed, or one we hold.
+//! - [`ResponseBody`]: what goes back: Coupa's body streamed, or our own JSON error.
+//! - [`RequestBody`]: a caller body, buffered when a retry may need to send it again.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::error::ProxyError;
-use crate::upstream::{CallerBody, UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
 
+/// Errors of bodies and services we don't own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A caller's request body, aborted if it stalls for `server.body_read_timeout`.
+pub type CallerBody = IdleTimeout<Incoming>;
+
+/// Request bodies sent upstream: a caller's body streamed through, or one we built.
+pub type UpstreamBody = Either<CallerBody, Full<Bytes>>;
+
+/// What callers get back: Coupa's body (`B`) streamed through, or our own error body.
+pub type ResponseBody<B = Incoming> = Either<B, Full<Bytes>>;
+
+/// A caller's body on its way upstream, held in memory when it may be sent twice.
+///
+/// A request may be retried (fresh token after a 401, key fallback after 401/403) only
+/// if its whole body is held. Bodies with a `Content-Length` up to the limit are read
+/// into memory first; larger or chunked bodies stream straight through and are never
+/// replayed.
 pub enum RequestBody {
     Empty,
     Buffered(Bytes),
@@ -29,19 +47,12 @@ impl RequestBody {
     }
 
     /// Buffers the body if it is known to be at most `limit` bytes.
-    pub async fn replayable(body: CallerBody, limit: u64) -> Result<Self, ProxyError> {
+    pub async fn replayable(body: CallerBody, limit: u64) -> Result<Self, BoxError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Empty);
         }
         match body.size_hint().exact() {
-            Some(n) if n <= limit => {
-                let bytes = body
-                    .collect()
-                    .await
-                    .map_err(|e| ProxyError::ClientBody(e.to_string()))?
-                    .to_bytes();
-                Ok(RequestBody::Buffered(bytes))
-            }
+            Some(n) if n <= limit => Ok(RequestBody::Buffered(body.collect().await?.to_bytes())),
             _ => Ok(RequestBody::Streaming(Some(body))),
         }
     }
@@ -92,10 +103,10 @@ pub struct BodyIdle(Duration);
 impl<B> Body for IdleTimeout<B>
 where
     B: Body + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
     type Data = B::Data;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

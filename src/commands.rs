@@ -1,0 +1,254 @@
+//! What each subcommand does. `main` parses the command line, sets up logging and
+//! calls [`execute`]; every failure comes back here as a [`Failure`] with its message
+//! and exit code, for `main` to print in one place.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::cli::{AuditArgs, AuditFormat, Command, DemoArgs, MockArgs, TestCredentialsArgs};
+use crate::config::{Config, ProcessEnv};
+use crate::keys::Fingerprint;
+use crate::mock::MockCoupa;
+use crate::reload::{ConfigSource, Core};
+
+/// A command that did not succeed: what to print on stderr, and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: 1,
+            message: format!("keybridge: {e:#}"),
+        }
+    }
+}
+
+/// Exit code 1 with `message` as is.
+fn invalid(message: String) -> Failure {
+    Failure { code: 1, message }
+}
+
+/// Runs `command` with the config file at `config`.
+pub async fn execute(command: Command, config: &Path) -> Result<(), Failure> {
+    match command {
+        Command::Run => run(config).await,
+        Command::Check => check(config),
+        Command::HashKey => hash_key(),
+        Command::Audit(args) => audit(config, &args).await,
+        Command::TestCredentials(args) => test_credentials(config, &args).await,
+        Command::MockCoupa(args) => mock_coupa(args).await,
+        Command::Demo(args) => demo(&args).await,
+    }
+}
+
+fn load(path: &Path) -> Result<Config, Failure> {
+    Config::load(path)
+        .map_err(|e| invalid(format!("{}: invalid configuration:\n{e}", path.display())))
+}
+
+async fn run(path: &Path) -> Result<(), Failure> {
+    let config =
+        Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let source = ConfigSource {
+        path: path.to_owned(),
+        env: Arc::new(ProcessEnv),
+    };
+    let running = crate::server::start_with_file(config, Some(source))
+        .await
+        .map_err(anyhow::Error::from)?;
+    let core = Arc::clone(&running.core);
+    let _reloader = tokio::spawn(reload_on_sighup(core));
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn check(path: &Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    crate::upstream::build_client(&config.upstream)
+        .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    let summary = format!(
+        "{}: OK ({} instances, {} clients, {} integrations)\n",
+        path.display(),
+        config.instances.len(),
+        config.clients.len(),
+        config.integrations.len()
+    );
+    // A closed stdout must not turn a valid config into a failure.
+    let _ = write_stdout(&summary);
+    Ok(())
+}
+
+fn hash_key() -> Result<(), Failure> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading the key from stdin")?;
+    let key = input.strip_suffix('\n').unwrap_or(&input);
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    if key.is_empty() {
+        return Err(anyhow::anyhow!(
+            "no key on stdin (try: printf %s \"$KEY\" | keybridge hash-key)"
+        )
+        .into());
+    }
+    write_stdout(&format!("{}\n", Fingerprint::of_key(key.as_bytes())))
+        .context("writing the fingerprint to stdout")?;
+    Ok(())
+}
+
+async fn audit(path: &Path, args: &AuditArgs) -> Result<(), Failure> {
+    let config = Config::load_without_secrets(path)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    let store_path = &config.audit.path;
+    if !store_path.exists() {
+        return Err(anyhow::anyhow!(
+            "no audit store at {} (has keybridge run with this config, from this directory?)",
+            store_path.display()
+        )
+        .into());
+    }
+    let store = crate::audit::open_store(&config.audit).map_err(anyhow::Error::from)?;
+    let snapshot = store.snapshot().await.map_err(anyhow::Error::from)?;
+    let report = crate::audit::report::build(&snapshot, &config, crate::audit::unix_now());
+    let text = match args.format {
+        AuditFormat::Table => crate::audit::report::render_table(&report),
+        AuditFormat::Csv => crate::audit::report::render_csv(&report),
+        AuditFormat::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).context("serialising the report")?
+        ),
+    };
+    write_stdout(&text).context("writing the report")?;
+    Ok(())
+}
+
+async fn test_credentials(path: &Path, args: &TestCredentialsArgs) -> Result<(), Failure> {
+    let config = load(path)?;
+    let Some(client) = config.clients.get(&args.client) else {
+        let known: Vec<&str> = config.clients.keys().map(String::as_str).collect();
+        return Err(invalid(format!(
+            "no client `{}` in {} (defined: {})",
+            args.client,
+            path.display(),
+            known.join(", ")
+        )));
+    };
+    let mut say = |line: &str| {
+        let _ = write_stdout(&format!("{line}\n"));
+    };
+    match crate::credentials::check(&config, client, &mut say).await {
+        Ok(()) => {
+            say(&format!("OK: client `{}` can call Coupa", args.client));
+            Ok(())
+        }
+        Err(failure) => Err(Failure {
+            code: failure.exit_code(),
+            message: format!("FAILED: client `{}`: {}", args.client, failure.message()),
+        }),
+    }
+}
+
+async fn mock_coupa(args: MockArgs) -> Result<(), Failure> {
+    let mut mock = MockCoupa::new()
+        .expires_in(args.expires_in)
+        .settle(args.settle);
+    for spec in &args.clients {
+        let mut parts = spec.splitn(3, ':');
+        let (Some(id), Some(secret)) = (parts.next(), parts.next()) else {
+            return Err(anyhow::anyhow!("--client must be ID:SECRET[:SCOPE,SCOPE...]").into());
+        };
+        let scopes: Vec<&str> = parts
+            .next()
+            .map(|s| s.split(',').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        mock = mock.client(id, secret, &scopes);
+    }
+    for key in &args.api_keys {
+        mock = mock.api_key(key);
+    }
+    let handle = mock
+        .start(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(addr = %handle.addr, "mock Coupa listening");
+    shutdown_signal().await;
+    handle.stop().await;
+    Ok(())
+}
+
+async fn demo(args: &DemoArgs) -> Result<(), Failure> {
+    let demo = crate::demo::start(args).await?;
+    // A closed stdout (piped into `head`, say) must not stop the demo.
+    let _ = write_stdout(&crate::demo::instructions(&demo));
+    shutdown_signal().await;
+    demo.proxy.shutdown().await;
+    demo.mock.stop().await;
+    Ok(())
+}
+
+/// Writes to stdout without panicking when it is closed (unlike `println!`).
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// SIGHUP: re-read the config file; a bad one is logged and the old one keeps serving.
+async fn reload_on_sighup(core: Arc<Core>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; use POST /reload on the admin listener");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            if let Err(e) = core.reload_from_file().await {
+                tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = core;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

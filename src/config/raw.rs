@@ -1,0 +1,386 @@
+//! The configuration file's shape: plain serde types, nothing checked yet.
+//!
+//! Every struct denies unknown fields, so a typo fails at load with its path. The `///`
+//! comment on each field is the operator's documentation: the README's configuration
+//! reference is generated from this file (`tests/config_reference.rs` fails when the two
+//! differ), so write them for the person editing the YAML, defaults included.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::secret::Secret;
+use super::values::de_byte_size;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    /// Proxy listener. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Health, readiness, metrics, audit and dashboard listener. Default `127.0.0.1:9900`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// The Coupa instances, by name (at least one).
+    pub instances: BTreeMap<String, RawInstance>,
+    /// The OAuth 2.0 client-credentials clients registered in Coupa, by name.
+    #[serde(default)]
+    pub clients: BTreeMap<String, RawClient>,
+    /// The legacy callers, each identified by its API key.
+    #[serde(default)]
+    pub integrations: Vec<RawIntegration>,
+    /// `reject` (default: 401) or `observe` (forward to `default_instance` with the key,
+    /// record by fingerprint).
+    #[serde(default)]
+    pub unknown_keys: UnknownKeys,
+    /// `forward` (default: callers already sending `Authorization: Bearer` and no key go to
+    /// `default_instance` untouched, recorded as `native`) or `reject`.
+    #[serde(default)]
+    pub bearer_requests: BearerRequests,
+    /// Where unknown keys and bearer callers go; defaults to the only instance when there
+    /// is one.
+    pub default_instance: Option<String>,
+    #[serde(default)]
+    pub cutover: CutoverSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
+    /// Optional: terminate TLS on `listen` (rustls; HTTP/1.1 and h2 by ALPN).
+    pub tls: Option<TlsSettings>,
+    /// Optional; when set every admin path but `/healthz` needs `Authorization: Bearer
+    /// <token>` (or Basic with it as password). At least 16 characters, usually `${VAR}`.
+    pub admin_token: Option<Secret>,
+    #[serde(default)]
+    pub token: TokenSettings,
+    #[serde(default)]
+    pub upstream: UpstreamSettings,
+    #[serde(default)]
+    pub server: ServerSettings,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9900))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInstance {
+    /// Coupa instance, scheme + host only (`https://acme.coupahost.com`); `http://` allowed
+    /// for tests (a warning is logged for non-loopback hosts).
+    pub base_url: String,
+    /// Optional; default `base_url` + `/oauth2/token`.
+    pub token_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    /// Which instance the client belongs to.
+    pub instance: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// The client secret, usually `${VAR}`. Exactly one of `client_secret` and
+    /// `client_secret_file`.
+    pub client_secret: Option<Secret>,
+    /// A file holding the secret, read once at load (trailing newline trimmed), relative
+    /// to the config file.
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes to request, verbatim (instances differ); empty: no `scope` parameter, and
+    /// Coupa grants all of the client's scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `body` (default: id and secret in the form, as Coupa documents) or `basic` (HTTP
+    /// Basic, RFC 6749 §2.3.1).
+    #[serde(default)]
+    pub auth: ClientAuth,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntegration {
+    /// Unique name, used in logs, metrics and errors.
+    pub name: String,
+    /// Hex SHA-256 of the key (preferred: the key never sits in config; see `keybridge
+    /// hash-key`).
+    pub api_key_sha256: Option<String>,
+    /// Alternative: the key itself, usually `${VAR}`; hashed at load and never kept.
+    pub api_key: Option<Secret>,
+    /// The client whose token replaces this key (required in `shadow`, `canary`, `oauth`).
+    pub client: Option<String>,
+    /// Where an integration without a client yet (`observe`) forwards; otherwise the
+    /// client's instance.
+    pub instance: Option<String>,
+    /// `observe`, `shadow`, `canary`, `oauth` (default), `deny` — see "Migrating an
+    /// integration".
+    #[serde(default)]
+    pub mode: Mode,
+    /// `shadow` only, 0–100 (default 100): share of GET/HEAD replayed with OAuth.
+    pub shadow_percent: Option<u8>,
+    /// `canary` only, 0–100, required there: share of requests sent with OAuth.
+    pub canary_percent: Option<u8>,
+}
+
+/// An integration's migration stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Forward with the API key, unchanged; record.
+    Observe,
+    /// As `observe`, plus replay sampled GET/HEAD requests with OAuth in the background
+    /// and record where the status differs.
+    Shadow,
+    /// `canary_percent` of requests on OAuth, falling back to the key on 401/403.
+    Canary,
+    /// Always OAuth.
+    #[default]
+    Oauth,
+    /// Nothing forwarded: 403 telling the caller to move to OAuth.
+    Deny,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Shadow => "shadow",
+            Mode::Canary => "canary",
+            Mode::Oauth => "oauth",
+            Mode::Deny => "deny",
+        }
+    }
+}
+
+/// Policy for keys that match no integration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownKeys {
+    /// 401, nothing forwarded.
+    #[default]
+    Reject,
+    /// Forward with the key to `default_instance` and record the key's fingerprint.
+    Observe,
+}
+
+impl UnknownKeys {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownKeys::Reject => "reject",
+            UnknownKeys::Observe => "observe",
+        }
+    }
+}
+
+/// Policy for callers that already use OAuth (bearer, no key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BearerRequests {
+    /// Forward unchanged to `default_instance` (recorded as `native`).
+    #[default]
+    Forward,
+    /// 401.
+    Reject,
+}
+
+impl BearerRequests {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BearerRequests::Forward => "forward",
+            BearerRequests::Reject => "reject",
+        }
+    }
+}
+
+/// How the client authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (what Coupa documents).
+    #[default]
+    Body,
+    /// HTTP Basic `client_id:client_secret` (RFC 6749 §2.3.1; used by several connectors).
+    Basic,
+}
+
+/// Cutover mechanics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CutoverSettings {
+    /// `1MiB`: in `canary`, bodies up to this (by `Content-Length`) are buffered so a
+    /// 401/403 can be retried with the key; larger or chunked bodies stream and are never
+    /// replayed. `oauth` streams every body and retries only bodiless requests.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub replay_body_limit: u64,
+    /// `10`: cap on shadow replays per second, all integrations together.
+    pub shadow_max_per_second: u32,
+}
+
+impl Default for CutoverSettings {
+    fn default() -> Self {
+        CutoverSettings {
+            replay_body_limit: 1024 * 1024,
+            shadow_max_per_second: 10,
+        }
+    }
+}
+
+/// The migration audit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// `true`: record requests at all (turn off only to measure the audit's cost).
+    pub enabled: bool,
+    /// `keybridge-audit.db`: the SQLite file, relative to the working directory.
+    pub path: PathBuf,
+    /// `10s`: aggregates are written this often (a crash loses at most this much;
+    /// shutdown flushes).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// `7d`: on `oauth` with no key-based request or fallback for this long → "ready to
+    /// disable the key in Coupa".
+    #[serde(with = "humantime_serde")]
+    pub ready_after: Duration,
+    /// `1000` distinct unknown-key fingerprints tracked; more are counted together.
+    pub max_unknown_keys: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            enabled: true,
+            path: PathBuf::from("keybridge-audit.db"),
+            flush_interval: Duration::from_secs(10),
+            ready_after: Duration::from_secs(7 * 24 * 3600),
+            max_unknown_keys: 1000,
+        }
+    }
+}
+
+/// TLS termination on the proxy listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, relative to the config file.
+    pub cert: PathBuf,
+    /// PEM private key, relative to the config file.
+    pub key: PathBuf,
+}
+
+/// Token cache behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSettings {
+    /// `5s`, at most `60s`: a new token is not handed out before it is this old (Coupa may
+    /// reject fresh tokens; it advises at least 5 s).
+    #[serde(with = "humantime_serde")]
+    pub settle_delay: Duration,
+    /// `4h`: refresh when this much life is left (24 h tokens → every 20 h, as Coupa
+    /// advises); at most half the lifetime, at least `settle_delay` + 30 s.
+    #[serde(with = "humantime_serde")]
+    pub refresh_before_expiry: Duration,
+    /// `10s` per token request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// `60s`: cap of the jittered exponential backoff after failed fetches.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_backoff: Duration,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            settle_delay: Duration::from_secs(5),
+            refresh_before_expiry: Duration::from_secs(4 * 3600),
+            request_timeout: Duration::from_secs(10),
+            max_retry_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Connections to Coupa.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    /// `5s` for TCP connect and TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// `120s` from the start of the request (upload included) until Coupa's response
+    /// headers; then `504`. Raise it for very large uploads over slow links.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// `90s`: idle pooled connections are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// `256` idle pooled connections kept per instance and worker.
+    pub pool_max_idle_per_host: usize,
+    /// Extra PEM CA certificates to trust besides the public web roots (private test
+    /// instances); certificate errors always fail closed.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(120),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+            ca_file: None,
+        }
+    }
+}
+
+/// The listener callers connect to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// `30s` for a caller to send its complete request head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// `30s` for in-flight requests to finish after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// `true`: one JSON line per request on the `keybridge::access` log target.
+    pub access_log: bool,
+    /// Proxy threads, each with its own runtime and upstream pool (default `0`: one per
+    /// CPU).
+    pub workers: usize,
+    /// `10000` open caller connections; beyond it a connection gets `503 overloaded` and
+    /// is closed.
+    pub max_connections: usize,
+    /// `4096` requests being proxied at once; beyond it `503 overloaded`.
+    pub max_in_flight: usize,
+    /// `30s`: a request body that sends nothing this long is abandoned (408; Coupa never
+    /// gets a complete request).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+}
+
+impl ServerSettings {
+    /// The number of proxy workers to start.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            header_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            access_log: true,
+            workers: 0,
+            max_connections: 10_000,
+            max_in_flight: 4096,
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! Raw file → validated [`Config`]: every rule, each family in its own small function.
+//!
+//! Validation collects every problem it finds (each named by its field path) instead
+//! of stopping at the first, and produces the types of [`super::model`], which carry
+//! what was checked so nothing downstream checks it again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Scheme;
+
+use super::model::{Client, Config, Instance, Integration, Percent, Plan};
+use super::raw::{
+    BearerRequests, Mode, RawClient, RawConfig, RawInstance, RawIntegration, TlsSettings,
+    UnknownKeys,
+};
+use super::secret::Secret;
+use super::values::{is_loopback, list, parse_http_url};
+use super::{ConfigError, FieldError};
+use crate::keys::Fingerprint;
+
+/// Errors and warnings found so far.
+struct Findings {
+    errors: Vec<FieldError>,
+    warnings: Vec<String>,
+}
+
+impl Findings {
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates `raw`. Relative paths resolve against `base_dir`; with `secrets: false`
+/// secrets are neither required nor read (for `keybridge audit`).
+pub(super) fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    secrets: bool,
+) -> Result<Config, ConfigError> {
+    let mut v = Findings {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    settings(&raw, secrets, &mut v);
+
+    let mut instances = BTreeMap::new();
+    for (name, raw) in raw.instances {
+        if let Some(instance) = instance(raw, &name, &mut v) {
+            instances.insert(name, Arc::new(instance));
+        }
+    }
+    let declared_clients: Vec<String> = raw.clients.keys().cloned().collect();
+    let mut clients = BTreeMap::new();
+    for (name, raw) in raw.clients {
+        if let Some(client) = client(raw, &name, &instances, base_dir, secrets, &mut v) {
+            clients.insert(name, Arc::new(client));
+        }
+    }
+    let integrations = integrations(
+        raw.integrations,
+        &instances,
+        &clients,
+        &declared_clients,
+        &mut v,
+    );
+    let default_instance = default_instance(
+        raw.default_instance.as_deref(),
+        raw.unknown_keys,
+        raw.bearer_requests,
+        &instances,
+        &mut v,
+    );
+    if let Some(tls) = &raw.tls {
+        tls_files(tls, base_dir, &mut v);
+    }
+
+    if !v.errors.is_empty() {
+        return Err(ConfigError::Invalid(v.errors));
+    }
+    Ok(Config {
+        listen: raw.listen,
+        admin_listen: raw.admin_listen,
+        instances,
+        clients,
+        integrations,
+        unknown_keys: raw.unknown_keys,
+        bearer_requests: raw.bearer_requests,
+        default_instance,
+        cutover: raw.cutover,
+        audit: raw.audit,
+        tls: raw.tls.map(|t| TlsSettings {
+            cert: base_dir.join(t.cert),
+            key: base_dir.join(t.key),
+        }),
+        admin_token: raw.admin_token.filter(|t| !t.is_empty()),
+        token: raw.token,
+        upstream: raw.upstream,
+        server: raw.server,
+        warnings: v.warnings,
+    })
+}
+
+/// Listener, timing and limit settings.
+fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
+    if raw.listen == raw.admin_listen && raw.listen.port() != 0 {
+        v.error("admin_listen", "must differ from `listen`");
+    }
+    if raw.instances.is_empty() {
+        v.error("instances", "define at least one Coupa instance");
+    }
+    let token = &raw.token;
+    if token.settle_delay > Duration::from_secs(60) {
+        v.error("token.settle_delay", "must be at most 60s");
+    }
+    if token.refresh_before_expiry < token.settle_delay + Duration::from_secs(30) {
+        v.error(
+            "token.refresh_before_expiry",
+            "must be at least settle_delay + 30s, or a refreshed token could not settle before the old one expires",
+        );
+    }
+    if token.request_timeout.is_zero() {
+        v.error("token.request_timeout", "must be greater than 0");
+    }
+    if token.max_retry_backoff < Duration::from_secs(1) {
+        v.error("token.max_retry_backoff", "must be at least 1s");
+    }
+    for (field, d) in [
+        ("upstream.connect_timeout", raw.upstream.connect_timeout),
+        ("upstream.response_timeout", raw.upstream.response_timeout),
+        ("server.header_read_timeout", raw.server.header_read_timeout),
+    ] {
+        if d.is_zero() {
+            v.error(field, "must be greater than 0");
+        }
+    }
+    if secrets
+        && raw
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+    {
+        v.error(
+            "admin_token",
+            "must be at least 16 characters (it guards /reload and the audit)",
+        );
+    }
+    if raw.server.max_connections == 0 || raw.server.max_in_flight == 0 {
+        v.error(
+            "server",
+            "max_connections and max_in_flight must be at least 1",
+        );
+    }
+    if raw.cutover.shadow_max_per_second == 0 {
+        v.error("cutover.shadow_max_per_second", "must be at least 1");
+    }
+    if raw.audit.flush_interval < Duration::from_millis(100) {
+        v.error("audit.flush_interval", "must be at least 100ms");
+    }
+}
+
+fn instance(raw: RawInstance, name: &str, v: &mut Findings) -> Option<Instance> {
+    let field = format!("instances.{name}");
+    let base = match parse_http_url(&raw.base_url) {
+        Ok(uri) => uri,
+        Err(e) => {
+            v.error(format!("{field}.base_url"), e);
+            return None;
+        }
+    };
+    if !matches!(base.path(), "" | "/") || base.query().is_some() {
+        v.error(
+            format!("{field}.base_url"),
+            "must be scheme and host only (e.g. https://acme.coupahost.com); API paths come from the caller",
+        );
+        return None;
+    }
+    let (scheme, authority) = (base.scheme()?.clone(), base.authority()?.clone());
+    let token_url = match raw.token_url {
+        Some(t) => match parse_http_url(&t) {
+            Ok(uri) => uri,
+            Err(e) => {
+                v.error(format!("{field}.token_url"), e);
+                return None;
+            }
+        },
+        None => match format!("{scheme}://{authority}/oauth2/token").parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                v.error(
+                    format!("{field}.base_url"),
+                    format!("cannot derive token_url: {e}"),
+                );
+                return None;
+            }
+        },
+    };
+    for uri in [&base, &token_url] {
+        if uri.scheme() == Some(&Scheme::HTTP) && !is_loopback(uri.host().unwrap_or_default()) {
+            v.warnings.push(format!(
+                "{field}: {uri} uses plain http to a non-loopback host; tokens and secrets cross the network unencrypted"
+            ));
+        }
+    }
+    Some(Instance {
+        name: name.into(),
+        scheme,
+        authority,
+        token_url,
+    })
+}
+
+fn client(
+    raw: RawClient,
+    name: &str,
+    instances: &BTreeMap<String, Arc<Instance>>,
+    base_dir: &Path,
+    secrets: bool,
+    v: &mut Findings,
+) -> Option<Client> {
+    let field = format!("clients.{name}");
+    let instance = instances.get(&raw.instance).cloned();
+    if instance.is_none() {
+        v.error(
+            format!("{field}.instance"),
+            format!(
+                "instance `{}` is not defined under `instances` (defined: {})",
+                raw.instance,
+                list(instances.keys())
+            ),
+        );
+    }
+    if raw.client_id.trim().is_empty() {
+        v.error(format!("{field}.client_id"), "must not be empty");
+    }
+    let secret = client_secret(
+        &field,
+        raw.client_secret,
+        raw.client_secret_file,
+        base_dir,
+        secrets,
+        v,
+    );
+    for (i, scope) in raw.scopes.iter().enumerate() {
+        if scope.is_empty()
+            || scope
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+        {
+            v.error(
+                format!("{field}.scopes[{i}]"),
+                "a scope is one non-empty word without spaces or quotes (list each scope separately)",
+            );
+        }
+    }
+    Some(Client {
+        name: name.into(),
+        instance: instance?,
+        client_id: raw.client_id,
+        client_secret: secret?,
+        scopes: raw.scopes,
+        auth: raw.auth,
+    })
+}
+
+/// Exactly one of `client_secret` and `client_secret_file`, non-empty.
+fn client_secret(
+    field: &str,
+    inline: Option<Secret>,
+    file: Option<std::path::PathBuf>,
+    base_dir: &Path,
+    secrets: bool,
+    v: &mut Findings,
+) -> Option<Secret> {
+    match (inline, file) {
+        (Some(_), None) | (None, Some(_)) if !secrets => Some(Secret::default()),
+        (Some(_), Some(_)) => {
+            v.error(
+                field,
+                "set either `client_secret` or `client_secret_file`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            v.error(field, "missing `client_secret` (or `client_secret_file`)");
+            None
+        }
+        (Some(s), None) if s.is_empty() => {
+            v.error(format!("{field}.client_secret"), "must not be empty");
+            None
+        }
+        (Some(s), None) => Some(s),
+        (None, Some(path)) => {
+            let path = base_dir.join(path);
+            match std::fs::read_to_string(&path) {
+                Ok(s) => {
+                    let s = s.trim_end_matches(['\r', '\n']);
+                    if s.is_empty() {
+                        v.error(
+                            format!("{field}.client_secret_file"),
+                            format!("{} is empty", path.display()),
+                        );
+                        None
+                    } else {
+                        Some(Secret::new(s))
+                    }
+                }
+                Err(e) => {
+                    v.error(
+                        format!("{field}.client_secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Each integration, plus the uniqueness of names and keys across them.
+fn integrations(
+    raws: Vec<RawIntegration>,
+    instances: &BTreeMap<String, Arc<Instance>>,
+    clients: &BTreeMap<String, Arc<Client>>,
+    declared_clients: &[String],
+    v: &mut Findings,
+) -> Vec<Arc<Integration>> {
+    let mut out = Vec::with_capacity(raws.len());
+    let mut seen_names: HashMap<String, usize> = HashMap::new();
+    let mut seen_keys: HashMap<Fingerprint, usize> = HashMap::new();
+    for (i, raw) in raws.into_iter().enumerate() {
+        let field = format!("integrations[{i}]");
+        if let Some(first) = seen_names.insert(raw.name.clone(), i) {
+            v.error(
+                format!("{field}.name"),
+                format!(
+                    "duplicate integration name `{}` (also integrations[{first}])",
+                    raw.name
+                ),
+            );
+        }
+        let Some(integration) = integration(raw, &field, instances, clients, declared_clients, v)
+        else {
+            continue;
+        };
+        if let Some(first) = seen_keys.insert(integration.fingerprint, i) {
+            v.error(
+                field,
+                format!(
+                    "duplicate API key (fingerprint {}): integrations[{first}] already uses it",
+                    integration.fingerprint.short()
+                ),
+            );
+            continue;
+        }
+        out.push(Arc::new(integration));
+    }
+    out
+}
+
+fn integration(
+    raw: RawIntegration,
+    field: &str,
+    instances: &BTreeMap<String, Arc<Instance>>,
+    clients: &BTreeMap<String, Arc<Client>>,
+    declared_clients: &[String],
+    v: &mut Findings,
+) -> Option<Integration> {
+    if raw.name.trim().is_empty() {
+        v.error(format!("{field}.name"), "must not be empty");
+    }
+    let plan = plan(&raw, field, instances, clients, declared_clients, v);
+    let fingerprint = fingerprint(field, raw.api_key_sha256, raw.api_key, v);
+    Some(Integration {
+        name: raw.name.into(),
+        fingerprint: fingerprint?,
+        plan: plan?,
+    })
+}
+
+/// The key's digest, from `api_key_sha256` or a raw `api_key` (hashed here, never kept).
+fn fingerprint(
+    field: &str,
+    sha256: Option<String>,
+    key: Option<Secret>,
+    v: &mut Findings,
+) -> Option<Fingerprint> {
+    match (sha256, key) {
+        (Some(_), Some(_)) => {
+            v.error(field, "set either `api_key_sha256` or `api_key`, not both");
+            None
+        }
+        (None, None) => {
+            v.error(field, "missing `api_key_sha256` (preferred) or `api_key`");
+            None
+        }
+        (Some(hex), None) => match Fingerprint::from_hex(&hex) {
+            Ok(fp) => Some(fp),
+            Err(e) => {
+                v.error(format!("{field}.api_key_sha256"), e);
+                None
+            }
+        },
+        (None, Some(key)) => {
+            if key.is_empty() {
+                v.error(format!("{field}.api_key"), "must not be empty");
+                None
+            } else if !key.expose().bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                v.error(
+                    format!("{field}.api_key"),
+                    "must be printable ASCII without spaces (it could never arrive in a header otherwise)",
+                );
+                None
+            } else {
+                Some(Fingerprint::of_key(key.expose().as_bytes()))
+            }
+        }
+    }
+}
+
+/// The mode with what it needs: a client for `shadow`/`canary`/`oauth`, an instance for
+/// `observe`, a percentage where one applies.
+fn plan(
+    raw: &RawIntegration,
+    field: &str,
+    instances: &BTreeMap<String, Arc<Instance>>,
+    clients: &BTreeMap<String, Arc<Client>>,
+    declared_clients: &[String],
+    v: &mut Findings,
+) -> Option<Plan> {
+    let mut ok = true;
+    let client = match &raw.client {
+        Some(name) => {
+            let found = clients.get(name).cloned();
+            // A client that is declared but invalid has its own error already.
+            if found.is_none() {
+                ok = false;
+                if !declared_clients.contains(name) {
+                    v.error(
+                        format!("{field}.client"),
+                        format!(
+                            "client `{name}` is not defined under `clients` (defined: {})",
+                            list(declared_clients.iter())
+                        ),
+                    );
+                }
+            }
+            found
+        }
+        None => None,
+    };
+    let explicit_instance = match &raw.instance {
+        Some(name) => {
+            let found = instances.get(name).cloned();
+            if found.is_none() {
+                ok = false;
+                v.error(
+                    format!("{field}.instance"),
+                    format!(
+                        "instance `{name}` is not defined under `instances` (defined: {})",
+                        list(instances.keys())
+                    ),
+                );
+            }
+            found
+        }
+        None => None,
+    };
+    let mode = raw.mode;
+    if raw.client.is_none() && matches!(mode, Mode::Shadow | Mode::Canary | Mode::Oauth) {
+        ok = false;
+        v.error(
+            format!("{field}.client"),
+            format!(
+                "mode `{}` needs an OAuth client (only `observe` and `deny` work without one)",
+                mode.as_str()
+            ),
+        );
+    }
+    if let (Some(c), Some(i)) = (&client, &explicit_instance) {
+        if !Arc::ptr_eq(&c.instance, i) {
+            ok = false;
+            v.error(
+                format!("{field}.instance"),
+                format!(
+                    "`{}` differs from client `{}`'s instance `{}`; drop `instance:` (the client decides)",
+                    i.name, c.name, c.instance.name
+                ),
+            );
+        }
+    }
+    if raw.client.is_none() && raw.instance.is_none() && mode == Mode::Observe {
+        ok = false;
+        v.error(
+            field,
+            "mode `observe` without a client needs `instance:` (where to forward)",
+        );
+    }
+    let shadow = percent(
+        field,
+        "shadow_percent",
+        raw.shadow_percent,
+        mode == Mode::Shadow,
+        Some(Percent::ALL),
+        v,
+    );
+    let canary = percent(
+        field,
+        "canary_percent",
+        raw.canary_percent,
+        mode == Mode::Canary,
+        None,
+        v,
+    );
+    if !ok {
+        return None;
+    }
+    let instance = client
+        .as_ref()
+        .map(|c| Arc::clone(&c.instance))
+        .or(explicit_instance);
+    Some(match mode {
+        Mode::Observe => Plan::Observe {
+            instance: instance?,
+            client,
+        },
+        Mode::Shadow => Plan::Shadow {
+            client: client?,
+            percent: shadow?,
+        },
+        Mode::Canary => Plan::Canary {
+            client: client?,
+            percent: canary?,
+        },
+        Mode::Oauth => Plan::Oauth { client: client? },
+        Mode::Deny => Plan::Deny { client, instance },
+    })
+}
+
+/// A mode's percentage: only where the mode uses it; `default` when omitted (`None`:
+/// required).
+fn percent(
+    field: &str,
+    name: &str,
+    given: Option<u8>,
+    applies: bool,
+    default: Option<Percent>,
+    v: &mut Findings,
+) -> Option<Percent> {
+    match (applies, given) {
+        (true, Some(p)) => {
+            let percent = Percent::new(p);
+            if percent.is_none() {
+                v.error(
+                    format!("{field}.{name}"),
+                    format!("{p} is not a percentage (0-100)"),
+                );
+            }
+            percent
+        }
+        (true, None) => {
+            if default.is_none() {
+                v.error(
+                    format!("{field}.{name}"),
+                    "`mode: canary` needs `canary_percent` (0-100)",
+                );
+            }
+            default
+        }
+        (false, None) => None,
+        (false, Some(_)) => {
+            let mode = name.trim_end_matches("_percent");
+            v.error(
+                format!("{field}.{name}"),
+                format!("only applies to `mode: {mode}`"),
+            );
+            None
+        }
+    }
+}
+
+/// Where unknown keys and bearer callers go.
+fn default_instance(
+    named: Option<&str>,
+    unknown_keys: UnknownKeys,
+    bearer_requests: BearerRequests,
+    instances: &BTreeMap<String, Arc<Instance>>,
+    v: &mut Findings,
+) -> Option<Arc<Instance>> {
+    let found = match named {
+        Some(name) => {
+            let found = instances.get(name).cloned();
+            if found.is_none() && !v.errors.iter().any(|e| e.field.starts_with("instances")) {
+                v.error(
+                    "default_instance",
+                    format!(
+                        "instance `{name}` is not defined under `instances` (defined: {})",
+                        list(instances.keys())
+                    ),
+                );
+            }
+            found
+        }
+        // With one instance there is no doubt where unmatched traffic belongs.
+        None if instances.len() == 1 => instances.values().next().cloned(),
+        None => None,
+    };
+    if found.is_none() && named.is_none() && instances.len() > 1 {
+        if unknown_keys == UnknownKeys::Observe {
+            v.error(
+                "default_instance",
+                "required with `unknown_keys: observe` when there are several instances",
+            );
+        }
+        if bearer_requests == BearerRequests::Forward {
+            v.error(
+                "default_instance",
+                "required with `bearer_requests: forward` (the default) when there are several instances; or set `bearer_requests: reject`",
+            );
+        }
+    }
+    found
+}
+
+fn tls_files(tls: &TlsSettings, base_dir: &Path, v: &mut Findings) {
+    for (field, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+        if !base_dir.join(path).is_file() {
+            v.error(field, format!("{} is not a readable file", path.display()));
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Forwarding: build the request for Coupa, send it, carry out the retry decision, pass
+//! the response back. One function per kind of route.
+
+use std::sync::Arc;
+
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response};
+
+use super::dispatch::{Handled, Who};
+use super::headers::Credential;
+use super::outbound::{Outbound, pass_back};
+use super::retry::{OauthRoute, Step, next_step, token_refused};
+use super::send::send;
+use super::shadow::Replay;
+use super::{Proxy, Upstream};
+use crate::audit::Outcome;
+use crate::body::{CallerBody, RequestBody, ResponseBody};
+use crate::config::{Client, Instance};
+use crate::error::ProxyError;
+use crate::routes::Caller;
+use crate::token::Token;
+
+impl<U: Upstream> Proxy<U> {
+    /// Streams the request to `instance` with `credential`; no retry.
+    pub(super) async fn forward(
+        &self,
+        req: Request<CallerBody>,
+        target: PathAndQuery,
+        instance: &Instance,
+        credential: Credential<'_>,
+    ) -> Result<Response<ResponseBody<U::Body>>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let out = Outbound::from_parts(parts, target, instance, self.peer);
+        let request = out.into_request(credential, RequestBody::streaming(body).send_body());
+        let response = send(&self.upstream, &self.routes, request, instance).await?;
+        Ok(pass_back(response))
+    }
+
+    /// `shadow`: serve with the key, then replay a copy with OAuth in the background.
+    pub(super) async fn forward_key_and_shadow(
+        &self,
+        req: Request<CallerBody>,
+        target: PathAndQuery,
+        caller: Arc<Caller>,
+        client: &Arc<Client>,
+        key: &HeaderValue,
+        endpoint: &str,
+    ) -> Handled<U::Body> {
+        let copy = self
+            .routes
+            .shadow_limiter
+            .try_acquire()
+            .then(|| (req.method().clone(), target.clone(), req.headers().clone()));
+        let result = self
+            .forward(req, target, &client.instance, Credential::Key(key))
+            .await;
+        if let (Some((method, target, headers)), Ok(response)) = (copy, &result) {
+            let replay = Replay {
+                routes: Arc::clone(&self.routes),
+                upstream: self.upstream.clone(),
+                caller: Arc::clone(&caller),
+                client: Arc::clone(client),
+                request: Outbound::new(method, target, headers, &client.instance, self.peer),
+                endpoint: endpoint.to_owned(),
+                key_status: response.status().as_u16(),
+            };
+            tokio::spawn(replay.run());
+        }
+        Handled::new(Who::Caller(caller), Outcome::ApiKey, result)
+    }
+
+    /// `oauth`, and canary's OAuth share (`fallback_key` set). What happens after Coupa's
+    /// answer is [`next_step`]'s decision; this only carries it out.
+    pub(super) async fn forward_oauth(
+        &self,
+        req: Request<CallerBody>,
+        target: PathAndQuery,
+        caller: Arc<Caller>,
+        client: &Arc<Client>,
+        fallback_key: Option<&HeaderValue>,
+    ) -> Handled<U::Body> {
+        let who = || Who::Caller(Arc::clone(&caller));
+        let instance = &client.instance;
+        let tokens = &self.routes.tokens;
+        let token = match tokens.get(&client.name).await {
+            Ok(token) => token,
+            Err(source) => {
+                if let Some(key) = fallback_key {
+                    // A canary must not break its caller over our token trouble.
+                    tracing::warn!(integration = %caller.integration.name, client = %client.name, error = %source, "no token; canary request sent with the key");
+                    let result = self
+                        .forward(req, target, instance, Credential::Key(key))
+                        .await;
+                    return Handled::new(who(), Outcome::ApiKey, result);
+                }
+                return Handled::rejected(who(), ProxyError::token(&client.name, source));
+            }
+        };
+        let (route, limit) = match fallback_key {
+            // canary buffers small bodies so a 401/403 can fall back to the key; oauth
+            // streams every body (no per-request buffering) and retries only bodiless ones.
+            Some(_) => (
+                OauthRoute::Canary,
+                self.routes.config.cutover.replay_body_limit,
+            ),
+            None => (OauthRoute::Oauth, 0),
+        };
+        let (parts, body) = req.into_parts();
+        let out = Outbound::from_parts(parts, target, instance, self.peer);
+        let mut body = match RequestBody::replayable(body, limit).await {
+            Ok(body) => body,
+            Err(e) => return Handled::rejected(who(), ProxyError::ClientBody(e)),
+        };
+        let first = out.build(Credential::Bearer(token.authorization()), body.send_body());
+        let response = match send(&self.upstream, &self.routes, first, instance).await {
+            Ok(response) => response,
+            Err(e) => return Handled::new(who(), Outcome::Oauth, Err(e)),
+        };
+        let status = response.status();
+        if token_refused(status) {
+            tokens.invalidate(&client.name, token.serial).await;
+        }
+        let resend = match next_step(route, status, body.can_replay(), 0) {
+            Step::PassBack => None,
+            Step::FallBackToKey => fallback_key.map(Resend::WithKey),
+            Step::RetryWithFreshToken => match tokens.get(&client.name).await {
+                Ok(fresh) if fresh.serial != token.serial => Some(Resend::WithToken(fresh)),
+                _ => None,
+            },
+        };
+        let Some(resend) = resend else {
+            return Handled::new(who(), Outcome::Oauth, Ok(pass_back(response)));
+        };
+        drop(response);
+        let name = &caller.integration.name;
+        let (credential, outcome, fallback_status) = match &resend {
+            Resend::WithKey(key) => {
+                tracing::info!(integration = %name, status = status.as_u16(), "OAuth refused; retrying once with the API key (canary fallback)");
+                (
+                    Credential::Key(key),
+                    Outcome::Fallback,
+                    Some(status.as_u16()),
+                )
+            }
+            Resend::WithToken(fresh) => {
+                tracing::info!(integration = %name, client = %client.name, "Coupa refused the token; retrying once with a fresh one");
+                (
+                    Credential::Bearer(fresh.authorization()),
+                    Outcome::Oauth,
+                    None,
+                )
+            }
+        };
+        let request = out.into_request(credential, body.send_body());
+        let result = send(&self.upstream, &self.routes, request, instance)
+            .await
+            .map(pass_back);
+        Handled {
+            result,
+            who: who(),
+            outcome,
+            fallback_status,
+        }
+    }
+}
+
+/// How a refused OAuth request is sent again.
+enum Resend<'a> {
+    WithKey(&'a HeaderValue),
+    WithToken(Arc<Token>),
+}

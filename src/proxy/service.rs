@@ -1,0 +1,61 @@
+//! The proxy as a tower service for one caller connection.
+//!
+//! Each request runs on the [`Routes`] current when it arrives, so a reload never
+//! affects a request in progress and applies to the next one on every connection. The
+//! caller's body is wrapped in an idle timeout (`server.body_read_timeout`) so a trickled
+//! upload cannot hold a request open.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::{Proxy, Upstream};
+use crate::body::{IdleTimeout, ResponseBody};
+use crate::routes::Routes;
+
+/// The proxy service for one connection: the shared routes, this worker's upstream.
+#[derive(Clone)]
+pub struct ProxyService<U> {
+    routes: Arc<ArcSwap<Routes>>,
+    upstream: U,
+    peer: SocketAddr,
+}
+
+impl<U> ProxyService<U> {
+    pub fn new(routes: Arc<ArcSwap<Routes>>, upstream: U, peer: SocketAddr) -> Self {
+        ProxyService {
+            routes,
+            upstream,
+            peer,
+        }
+    }
+}
+
+impl<U: Upstream> tower::Service<Request<Incoming>> for ProxyService<U> {
+    type Response = Response<ResponseBody<U::Body>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let routes = self.routes.load_full();
+        let idle = routes.config.server.body_read_timeout;
+        let req = req.map(|body| IdleTimeout::new(body, idle));
+        let proxy = Proxy {
+            routes,
+            upstream: self.upstream.clone(),
+            peer: self.peer,
+        };
+        Box::pin(async move { Ok(proxy.handle(req).await) })
+    }
+}

@@ -1,0 +1,192 @@
+//! The running configuration and how a new one replaces it (SIGHUP, `POST /reload`).
+//!
+//! [`Core`] owns what a reload swaps — the [`Routes`] every worker reads, the token
+//! cache's background refreshers — and what it keeps: the audit, the metrics, the
+//! shadow rate limit, and (in the workers) the upstream connection pools. Both the
+//! server, which builds it, and the admin listener, which triggers reloads and reads
+//! the current state, use it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::audit::{Audit, StoreError};
+use crate::config::{Config, ConfigError, Env};
+use crate::cutover::RateLimiter;
+use crate::metrics::Metrics;
+use crate::routes::Routes;
+use crate::token::cache::Refreshers;
+use crate::token::{TokenCache, TokenError};
+
+/// The state a reload replaces, and the parts it keeps.
+pub struct Core {
+    routes: Arc<ArcSwap<Routes>>,
+    refreshers: Mutex<Refreshers>,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+    shadow_limiter: Arc<RateLimiter>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// Where SIGHUP and `POST /reload` read the new configuration from.
+    source: Option<ConfigSource>,
+}
+
+/// The file (and environment for `${VAR}`) a reload reads.
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub env: Arc<dyn Env + Send + Sync>,
+}
+
+/// Why a reload was refused; the old configuration keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("keybridge was started without a config file; nothing to reload from")]
+    NoConfigFile,
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("client `{client}`: Coupa rejected the new credentials: {error}")]
+    ClientRejected { client: Arc<str>, error: TokenError },
+    #[error(transparent)]
+    Audit(#[from] StoreError),
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadSummary {
+    pub integrations: usize,
+    pub clients: usize,
+    /// Clients that were new or changed and got a token before the switch.
+    pub new_clients: Vec<String>,
+    /// Settings that changed but only take effect after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+impl Core {
+    /// The state for `config`, with the token refreshers started.
+    pub fn new(
+        config: Arc<Config>,
+        tokens: TokenCache,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
+        source: Option<ConfigSource>,
+    ) -> Core {
+        let shadow_limiter = Arc::new(RateLimiter::new(config.cutover.shadow_max_per_second));
+        let refreshers = tokens.spawn_refreshers();
+        let routes = Routes::new(
+            config,
+            tokens,
+            Arc::clone(&audit.recorder),
+            Arc::clone(&metrics),
+            Arc::clone(&shadow_limiter),
+        );
+        Core {
+            routes: Arc::new(ArcSwap::from_pointee(routes)),
+            refreshers: Mutex::new(refreshers),
+            audit,
+            metrics,
+            shadow_limiter,
+            reloading: tokio::sync::Mutex::new(()),
+            source,
+        }
+    }
+
+    /// The routes every worker reads (swapped on reload).
+    pub fn routes(&self) -> &Arc<ArcSwap<Routes>> {
+        &self.routes
+    }
+
+    /// The configuration currently serving.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.routes.load().config)
+    }
+
+    /// The token cache currently serving.
+    pub fn tokens(&self) -> TokenCache {
+        self.routes.load().tokens.clone()
+    }
+
+    /// Reloads from the file keybridge was started with.
+    pub async fn reload_from_file(&self) -> Result<ReloadSummary, ReloadError> {
+        let source = self.source.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let config = Config::load_with_env(&source.path, &*source.env)?;
+        self.reload(config).await
+    }
+
+    /// Switches to `next` without dropping a request: new or changed clients get a
+    /// token first (a secret Coupa rejects aborts the reload; an unreachable token
+    /// endpoint does not), unchanged clients keep theirs, and in-flight requests finish
+    /// on the state they started with.
+    pub async fn reload(&self, next: Config) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let restart_needed = restart_needed(&self.config(), &next);
+        let (tokens, fresh) = self
+            .tokens()
+            .reconfigure(next.clients.values(), next.token.clone())
+            .await;
+        for client in &fresh {
+            match tokens.prefetch(client).await {
+                Ok(()) => {}
+                Err(error @ TokenError::Rejected { .. }) => {
+                    return Err(ReloadError::ClientRejected {
+                        client: Arc::clone(client),
+                        error,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(client = %client, %error, "reload: no token yet for this client; it will be retried");
+                }
+            }
+        }
+        self.audit.adopt(&next).await?;
+        let next = Arc::new(next);
+        let refreshers = tokens.spawn_refreshers();
+        self.routes.store(Arc::new(Routes::new(
+            Arc::clone(&next),
+            tokens,
+            Arc::clone(&self.audit.recorder),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.shadow_limiter),
+        )));
+        // The old refreshers stop here (aborted on drop).
+        *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()) = refreshers;
+        for setting in &restart_needed {
+            tracing::warn!(setting = %setting, "reload: this setting changed but only applies after a restart");
+        }
+        let summary = ReloadSummary {
+            integrations: next.integrations.len(),
+            clients: next.clients.len(),
+            new_clients: fresh.iter().map(|c| c.to_string()).collect(),
+            restart_needed,
+        };
+        tracing::info!(integrations = summary.integrations, clients = summary.clients, new_clients = ?summary.new_clients, "configuration reloaded");
+        crate::memory::release_freed();
+        Ok(summary)
+    }
+}
+
+/// Settings that a reload cannot apply to running listeners and pools.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, changed: bool| {
+        if changed {
+            out.push(name.to_owned());
+        }
+    };
+    check("listen", old.listen != new.listen);
+    check("admin_listen", old.admin_listen != new.admin_listen);
+    check(
+        "server",
+        format!("{:?}", old.server) != format!("{:?}", new.server),
+    );
+    check(
+        "upstream",
+        format!("{:?}", old.upstream) != format!("{:?}", new.upstream),
+    );
+    check(
+        "audit",
+        format!("{:?}", old.audit) != format!("{:?}", new.audit),
+    );
+    check("tls", format!("{:?}", old.tls) != format!("{:?}", new.tls));
+    out
+}

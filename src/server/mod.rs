@@ -1,0 +1,188 @@
+//! Listeners and lifecycle: bind, accept (HTTP/1.1 and HTTP/2), shut down gracefully.
+//!
+//! [`start`] builds the shared state once (token cache with its refreshers, routes,
+//! audit, metrics: [`Core`]), binds the proxy and admin listeners and returns a
+//! [`Running`] handle; tests use it in-process on port 0, `main` until a signal.
+//!
+//! Threading: one acceptor ([`accept`]) hands proxy connections round-robin to
+//! `server.workers` worker threads ([`worker`]), each running a single-threaded tokio
+//! runtime with its own upstream connection pool. A request, its upstream connection
+//! and every wakeup between them stay on one thread — the nginx worker model. (A
+//! work-stealing runtime spent most of its time in cross-thread wakeups here; see
+//! bench/README.md.) Everything else — admin, token refreshers, audit flushes — runs on
+//! the runtime that called [`start`]. [`conn`] serves one connection, TLS or plain.
+
+mod accept;
+mod conn;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::audit::{Audit, StoreError};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::reload::Core;
+use crate::stack;
+use crate::token::TokenCache;
+use crate::upstream::{self, TlsSetupError};
+
+pub use crate::reload::ConfigSource;
+pub(crate) use conn::serve;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Audit(#[from] StoreError),
+    #[error("cannot start worker thread: {0}")]
+    Worker(std::io::Error),
+    #[error(transparent)]
+    ListenerTls(#[from] crate::tls::TlsError),
+}
+
+/// A started keybridge: its bound addresses and the means to stop it.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub(crate) core: Arc<Core>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    workers: Vec<oneshot::Receiver<()>>,
+    flusher: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), waits
+    /// for both listeners to close and writes the last audit window.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "listener task ended abnormally");
+            }
+        }
+        for worker in self.workers {
+            // An error means the worker thread is already gone.
+            let _ = worker.await;
+        }
+        self.flusher.abort();
+        if let Err(e) = self.core.audit.flush().await {
+            tracing::error!(error = %e, "final audit flush failed");
+        }
+    }
+}
+
+/// Builds state, binds listeners and starts serving (no config file: no reload).
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with_file(config, None).await
+}
+
+/// As [`start`], remembering `source` for SIGHUP and `POST /reload`.
+pub async fn start_with_file(
+    config: Config,
+    source: Option<ConfigSource>,
+) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let tokens = TokenCache::new(
+        config.clients.values(),
+        upstream::build_client(&config.upstream)?,
+        config.token.clone(),
+        Arc::clone(&metrics),
+    );
+    let audit = Arc::new(Audit::open(&config).await?);
+    let tls = crate::tls::acceptor(config.tls.as_ref())?;
+    let core = Arc::new(Core::new(
+        Arc::clone(&config),
+        tokens,
+        Arc::clone(&audit),
+        metrics,
+        source,
+    ));
+
+    let proxy_listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let proxy_addr = local_addr(&proxy_listener, config.listen)?;
+    let admin_addr = local_addr(&admin_listener, config.admin_listen)?;
+    let (shutdown, rx) = watch::channel(false);
+
+    let worker_count = config.server.worker_count();
+    let mut handoffs = Vec::with_capacity(worker_count);
+    let mut workers = Vec::with_capacity(worker_count);
+    let in_flight = stack::InFlight::new(config.server.max_in_flight);
+    for index in 0..worker_count {
+        let worker = worker::Worker {
+            index,
+            routes: Arc::clone(core.routes()),
+            // Each worker gets its own upstream pool: connection tasks live on its thread.
+            upstream: upstream::build_client(&config.upstream)?,
+            tls: tls.clone(),
+            in_flight: in_flight.clone(),
+            settings: config.server.clone(),
+        };
+        let (handoff, done) = worker.spawn(rx.clone()).map_err(StartError::Worker)?;
+        handoffs.push(handoff);
+        workers.push(done);
+    }
+    let proxy_task = tokio::spawn(accept::accept(
+        proxy_listener,
+        handoffs,
+        config.server.max_connections,
+        signalled(rx.clone()),
+    ));
+    let flusher = audit.spawn_flusher(config.audit.flush_interval);
+    let admin_core = Arc::clone(&core);
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        move |_peer| admin::service(Arc::clone(&admin_core)),
+        config.server.clone(),
+        signalled(rx),
+    ));
+    tracing::info!(
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        integrations = config.integrations.len(),
+        clients = config.clients.len(),
+        workers = worker_count,
+        "keybridge listening"
+    );
+    crate::memory::release_freed(); // what parsing and building the config left behind
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        core,
+        shutdown,
+        tasks: vec![proxy_task, admin_task],
+        workers,
+        flusher,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Resolves once shutdown is signalled.
+async fn signalled(mut rx: watch::Receiver<bool>) {
+    // An Err means the sender is gone, which also means "stop".
+    let _ = rx.wait_for(|stop| *stop).await;
+}
