@@ -99,7 +99,7 @@ pub async fn check(
             ))
         })?
         .map_err(|e| {
-            Failure::ApiCallRefused(format!("instance unreachable: {}", crate::error::chain(&e)))
+            Failure::ApiCallRefused(format!("instance unreachable: {}", crate::log::chain(&e)))
         })?;
     let status = response.status();
     let _ = Limited::new(response.into_body(), 64 * 1024)

@@ -5,7 +5,7 @@
 //! endpoint (502/503/504), or keybridge itself (500); log levels and status follow from
 //! it. Bodies are stable JSON `{"error": "<code>", "message": "<text>"}`; they name
 //! integrations and clients but never carry a key, secret or token. Causes stay
-//! `#[source]`s and are flattened only when logged ([`chain`]).
+//! `#[source]`s and are flattened only when logged (`crate::log::chain`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,24 +223,10 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Ful
     response
 }
 
-/// An error and all its sources, `: `-separated, for logs.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::chain;
 
     #[test]
     fn status_follows_fault() {

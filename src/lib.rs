@@ -29,6 +29,7 @@ mod cutover;
 pub mod demo;
 mod error;
 pub mod keys;
+mod log;
 mod memory;
 pub mod metrics;
 pub mod mock;

@@ -16,19 +16,11 @@ pub mod template;
 use std::sync::Arc;
 
 pub use outcome::{Outcome, OutcomeMap};
-pub use recorder::{Event, Recorder, Slot, Subject};
+pub use recorder::{Event, Recorder, Slot, Subject, unix_now};
 pub use store::{AuditStore, Snapshot, StoreError};
 
 use crate::config::{AuditSettings, Config, Mode};
 use report::AuditReport;
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// Opens (creating and migrating if needed) the store `settings` name.
 pub fn open_store(settings: &AuditSettings) -> Result<Arc<dyn AuditStore>, StoreError> {

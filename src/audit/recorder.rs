@@ -12,7 +12,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::outcome::{Outcome, OutcomeMap};
-use super::unix_now;
 
 const MAX_IPS: usize = 64;
 const MAX_USER_AGENTS: usize = 32;
@@ -22,6 +21,14 @@ const MAX_USER_AGENT_LEN: usize = 200;
 pub const OTHER_ENDPOINTS: &str = "(other endpoints)";
 /// Where unknown keys beyond `max_unknown_keys` are counted.
 pub const OTHER_UNKNOWN_KEYS: &str = "(other unknown keys)";
+
+/// Seconds since the Unix epoch: the audit's clock.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 /// Who a request came from, as the audit names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

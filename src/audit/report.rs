@@ -13,8 +13,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::Method;
 use serde::Serialize;
 
+use super::outcome::{Outcome, OutcomeMap};
 use super::store::{Snapshot, SubjectRow};
-use super::{Outcome, OutcomeMap};
 use crate::config::{Config, Integration, Mode, Percent};
 use crate::scopes::required_scope;
 

@@ -90,7 +90,7 @@ pub(super) fn expand_tree(
     value: &mut serde_yaml_ng::Value,
     path: &mut String,
     env: &dyn Env,
-    errors: &mut Vec<super::FieldError>,
+    errors: &mut Vec<super::error::FieldError>,
     expanded: &mut Vec<String>,
 ) {
     use serde_yaml_ng::Value;
@@ -110,7 +110,7 @@ pub(super) fn expand_tree(
                 *s = value;
             }
             Ok(None) => {}
-            Err(e) => errors.push(super::FieldError {
+            Err(e) => errors.push(super::error::FieldError {
                 field: path.clone(),
                 message: e.to_string(),
             }),

@@ -10,16 +10,17 @@
 //! problems it finds, not just the first. Nothing after [`Config::load`] re-checks.
 
 mod env;
+mod error;
 mod model;
 mod raw;
 mod secret;
 mod validate;
 mod values;
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use env::{Env, ProcessEnv};
+pub use error::{ConfigError, FieldError};
 pub use model::{Client, Config, Instance, Integration, Percent, Plan};
 pub use raw::{
     AuditSettings, BearerRequests, ClientAuth, CutoverSettings, Mode, ServerSettings, TlsSettings,
@@ -28,47 +29,6 @@ pub use raw::{
 pub use secret::Secret;
 
 use raw::RawConfig;
-
-/// Why a configuration was rejected.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config is not valid YAML: {0}")]
-    Yaml(String),
-    #[error("{}", FieldErrors(.0))]
-    Invalid(Vec<FieldError>),
-}
-
-/// One problem, located by its field path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-struct FieldErrors<'a>(&'a [FieldError]);
-
-impl fmt::Display for FieldErrors<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
 
 impl Config {
     /// Reads, expands and validates `path` using the process environment.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::uri::Scheme;
 
+use super::error::{ConfigError, FieldError};
 use super::model::{Client, Config, Instance, Integration, Percent, Plan};
 use super::raw::{
     BearerRequests, Mode, RawClient, RawConfig, RawInstance, RawIntegration, TlsSettings,
@@ -18,7 +19,6 @@ use super::raw::{
 };
 use super::secret::Secret;
 use super::values::{is_loopback, list, parse_http_url};
-use super::{ConfigError, FieldError};
 use crate::keys::Fingerprint;
 
 /// Errors and warnings found so far.

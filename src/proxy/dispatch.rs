@@ -8,65 +8,18 @@ use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request};
 
+use super::handle::Proxy;
+use super::handled::{Handled, Who};
 use super::headers::{Credential, X_COUPA_API_KEY};
-use super::{Proxy, Upstream};
+use super::send::Upstream;
 use crate::audit::Outcome;
-use crate::body::{CallerBody, ResponseBody};
+use crate::body::CallerBody;
 use crate::config::{BearerRequests, UnknownKeys};
 use crate::cutover::{self, Route};
 use crate::error::ProxyError;
 use crate::keys::Fingerprint;
-use crate::routes::Caller;
-
-/// Who sent a request, as far as the proxy could tell.
-pub(super) enum Who {
-    Caller(Arc<Caller>),
-    Unknown(Fingerprint),
-    Native,
-    Anonymous,
-}
-
-impl Who {
-    /// How logs name the caller (never the key: unknown keys by fingerprint prefix).
-    pub(super) fn name(&self) -> String {
-        match self {
-            Who::Caller(c) => c.integration.name.to_string(),
-            Who::Unknown(fp) => format!("unknown:{}", fp.short()),
-            Who::Native => "(bearer caller)".to_owned(),
-            Who::Anonymous => "-".to_owned(),
-        }
-    }
-}
-
-/// What dispatch did with a request.
-pub(super) struct Handled<B> {
-    pub result: Result<Response<ResponseBody<B>>, ProxyError>,
-    pub who: Who,
-    pub outcome: Outcome,
-    /// OAuth's status when the request fell back to the key.
-    pub fallback_status: Option<u16>,
-}
-
-impl<B> Handled<B> {
-    pub(super) fn new(
-        who: Who,
-        outcome: Outcome,
-        result: Result<Response<ResponseBody<B>>, ProxyError>,
-    ) -> Self {
-        Handled {
-            result,
-            who,
-            outcome,
-            fallback_status: None,
-        }
-    }
-
-    pub(super) fn rejected(who: Who, err: ProxyError) -> Self {
-        Self::new(who, Outcome::Rejected, Err(err))
-    }
-}
 
 impl<U: Upstream> Proxy<U> {
     /// Authenticates the request and sends it down the route its caller's plan picks.

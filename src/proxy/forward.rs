@@ -6,13 +6,14 @@ use std::sync::Arc;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response};
 
-use super::dispatch::{Handled, Who};
+use super::handle::Proxy;
+use super::handled::{Handled, Who};
 use super::headers::Credential;
 use super::outbound::{Outbound, pass_back};
 use super::retry::{OauthRoute, Step, next_step, token_refused};
+use super::send::Upstream;
 use super::send::send;
 use super::shadow::Replay;
-use super::{Proxy, Upstream};
 use crate::audit::Outcome;
 use crate::body::{CallerBody, RequestBody, ResponseBody};
 use crate::config::{Client, Instance};

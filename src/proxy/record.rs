@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http::HeaderValue;
 
-use super::dispatch::Who;
+use super::handled::Who;
 use crate::audit::{Event, Outcome, Subject};
 use crate::routes::Routes;
 

@@ -16,7 +16,8 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{Proxy, Upstream};
+use super::handle::Proxy;
+use super::send::Upstream;
 use crate::body::{IdleTimeout, ResponseBody};
 use crate::routes::Routes;
 

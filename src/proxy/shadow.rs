@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use http_body_util::{BodyExt, Either, Full, Limited};
 
-use super::Upstream;
 use super::headers::Credential;
 use super::outbound::Outbound;
 use super::retry::token_refused;
+use super::send::Upstream;
 use super::send::send;
 use crate::config::Client;
 use crate::routes::{Caller, Routes};

@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use super::accept::OpenConnection;
 use crate::config::ServerSettings;
@@ -132,4 +133,10 @@ pub async fn serve<F, S, B>(
     }
     drop(listener);
     drain(graceful, settings.shutdown_grace).await;
+}
+
+/// Resolves once shutdown is signalled.
+pub(super) async fn signalled(mut rx: watch::Receiver<bool>) {
+    // An Err means the sender is gone, which also means "stop".
+    let _ = rx.wait_for(|stop| *stop).await;
 }

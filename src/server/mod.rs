@@ -34,6 +34,7 @@ use crate::upstream::{self, TlsSetupError};
 
 pub use crate::reload::ConfigSource;
 pub(crate) use conn::serve;
+use conn::signalled;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -179,10 +180,4 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
     l.local_addr()
         .map_err(|source| StartError::Bind { addr, source })
-}
-
-/// Resolves once shutdown is signalled.
-async fn signalled(mut rx: watch::Receiver<bool>) {
-    // An Err means the sender is gone, which also means "stop".
-    let _ = rx.wait_for(|stop| *stop).await;
 }

@@ -63,7 +63,7 @@ impl Worker {
     ) {
         let builder = conn::builder(&self.settings);
         let graceful = GracefulShutdown::new();
-        let stop = super::signalled(shutdown);
+        let stop = conn::signalled(shutdown);
         tokio::pin!(stop);
         loop {
             tokio::select! {

@@ -100,7 +100,7 @@ async fn request_token_unbounded(http: &HttpClient, client: &Client) -> Result<G
     let response = http
         .request(request)
         .await
-        .map_err(|e| TokenError::Unreachable(crate::error::chain(&e)))?;
+        .map_err(|e| TokenError::Unreachable(crate::log::chain(&e)))?;
     let status = response.status();
     let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()

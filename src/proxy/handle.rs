@@ -1,0 +1,104 @@
+//! One request from arrival to answer: admit it, dispatch it, turn a failure into its
+//! response (logged by fault), record it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::USER_AGENT;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::Either;
+
+use super::handled::{Handled, Who};
+use super::record::{self, Done};
+use super::send::Upstream;
+use super::uri;
+use crate::audit::template::template;
+use crate::body::{CallerBody, ResponseBody};
+use crate::error::{Fault, ProxyError};
+use crate::routes::Routes;
+
+/// One request's view: the routes current when it arrived, this worker's upstream and
+/// the caller's address.
+pub(super) struct Proxy<U> {
+    pub(super) routes: Arc<Routes>,
+    pub(super) upstream: U,
+    pub(super) peer: SocketAddr,
+}
+
+impl<U: Upstream> Proxy<U> {
+    /// Handles one request; never fails (errors become JSON responses).
+    pub(super) async fn handle(self, req: Request<CallerBody>) -> Response<ResponseBody<U::Body>> {
+        let started = Instant::now();
+        let endpoint = format!("{} {}", req.method(), template(req.uri().path()));
+        let user_agent = req.headers().get(USER_AGENT).cloned();
+        let handled = match admit(&req) {
+            Ok(target) => self.dispatch(req, target, &endpoint).await,
+            Err(e) => Handled::rejected(Who::Anonymous, e),
+        };
+        let response = match handled.result {
+            Ok(response) => response,
+            Err(err) => {
+                log_failure(&handled.who, &endpoint, &err);
+                err.to_response().map(Either::Right)
+            }
+        };
+        record::record(
+            &self.routes,
+            &Done {
+                who: &handled.who,
+                outcome: handled.outcome,
+                fallback_status: handled.fallback_status,
+                endpoint: &endpoint,
+                status: response.status().as_u16(),
+                peer: self.peer,
+                user_agent: user_agent.as_ref(),
+                started,
+            },
+        );
+        response
+    }
+}
+
+fn log_failure(who: &Who, endpoint: &str, err: &ProxyError) {
+    let status = err.status().as_u16();
+    let integration = who.name();
+    match err.fault() {
+        Fault::Caller => {
+            tracing::info!(%integration, %endpoint, status, error = %err, "request refused");
+        }
+        Fault::Upstream | Fault::TokenEndpoint => {
+            tracing::warn!(%integration, %endpoint, status, error = %crate::log::chain(err), "request failed");
+        }
+        Fault::Ours => {
+            tracing::error!(%integration, %endpoint, status, error = %crate::log::chain(err), "request failed: keybridge bug");
+        }
+    }
+}
+
+/// Refuses what the proxy cannot forward faithfully, and returns the target it will
+/// forward: CONNECT tunnels and protocol upgrades would bypass the header rewrite, a
+/// target without a path has nothing to forward, and hyper would send a chunked
+/// GET/HEAD body with no framing, i.e. drop it.
+fn admit(req: &Request<CallerBody>) -> Result<PathAndQuery, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
+    }
+    if req.headers().contains_key(http::header::UPGRADE) {
+        return Err(ProxyError::UpgradeRefused);
+    }
+    let Some(target) = uri::path_and_query(req.uri()) else {
+        return Err(ProxyError::MethodNotAllowed(req.method().clone()));
+    };
+    if matches!(*req.method(), Method::GET | Method::HEAD)
+        && !req.body().is_end_stream()
+        && req.body().size_hint().exact().is_none()
+    {
+        return Err(ProxyError::ClientBody(
+            "GET/HEAD with a chunked body is not supported".into(),
+        ));
+    }
+    Ok(target)
+}

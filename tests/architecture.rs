@@ -1,0 +1,216 @@
+//! The crate's module graph has no cycles: for every pair of source files, at most one
+//! refers to the other (through `use`, or an inline `crate::…`/`super::…` path). A cycle
+//! means a leaf module is missing (body types, reload state, …); see STYLE.md.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Module path (`proxy::send`) → its source text, comments removed.
+fn modules() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(&root).unwrap().with_extension("");
+            let mut parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            match parts.last().map(String::as_str) {
+                Some("main") => continue, // the binary: a separate crate
+                Some("lib") if parts.len() == 1 => parts.clear(),
+                Some("mod") => {
+                    parts.pop();
+                }
+                _ => {}
+            }
+            let text: String = std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            // Unit tests (inline `mod tests` at the end) import their own file's items.
+            let text = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            out.insert(parts.join("::"), text);
+        }
+    }
+    out
+}
+
+/// Expands `a::{b, c::{d, e}}` into `a::b`, `a::c::d`, `a::c::e`.
+fn expand(tree: &str) -> Vec<String> {
+    let tree = tree.trim();
+    let Some(open) = tree.find('{') else {
+        return vec![tree.split(" as ").next().unwrap_or(tree).trim().to_owned()];
+    };
+    let prefix = &tree[..open];
+    let inner = &tree[open + 1..tree.rfind('}').unwrap()];
+    let (mut depth, mut start, mut items) = (0, 0, Vec::new());
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&inner[start..]);
+    items
+        .into_iter()
+        .filter(|i| !i.trim().is_empty())
+        .flat_map(expand)
+        .map(|i| format!("{prefix}{i}"))
+        .collect()
+}
+
+/// Every crate-internal path a module mentions, made absolute: `crate::…`, `super::…`,
+/// `self::…`, and paths that start with one of the module's children (`env::expand`).
+fn paths(module: &str, text: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
+    let mut raw = Vec::new();
+    for stmt in text.split(';') {
+        let stmt = stmt.trim();
+        if let Some(pos) = stmt.find("use ") {
+            let before = stmt[..pos].trim();
+            if before.is_empty() || before.ends_with("pub") || before.ends_with(')') {
+                raw.extend(expand(&stmt[pos + 4..]));
+            }
+        }
+    }
+    for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
+        let first = word.split("::").next().unwrap_or_default();
+        if word.contains("::") && (["crate", "super"].contains(&first) || children.contains(first))
+        {
+            raw.push(word.trim_end_matches(':').to_owned());
+        }
+    }
+    let here: Vec<String> = if module.is_empty() {
+        vec![]
+    } else {
+        module.split("::").map(str::to_owned).collect()
+    };
+    raw.into_iter()
+        .filter_map(|p| {
+            let mut segs: Vec<&str> = p.split("::").collect();
+            let mut base = match segs.first()? {
+                &"crate" => vec![],
+                &"super" | &"self" => here.clone(),
+                child if children.contains(*child) => {
+                    segs.insert(0, "self");
+                    here.clone()
+                }
+                _ => return None,
+            };
+            if segs[0] == "crate" || segs[0] == "self" {
+                segs.remove(0);
+            }
+            while segs.first() == Some(&"super") {
+                segs.remove(0);
+                base.pop()?;
+            }
+            base.extend(segs.iter().map(|s| s.to_string()));
+            Some(base)
+        })
+        .collect()
+}
+
+#[test]
+fn no_two_source_files_import_each_other() {
+    let modules = modules();
+    assert!(modules.len() > 30, "found only {} modules", modules.len());
+    let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (module, text) in &modules {
+        let prefix = if module.is_empty() {
+            String::new()
+        } else {
+            format!("{module}::")
+        };
+        let children: BTreeSet<String> = modules
+            .keys()
+            .filter_map(|m| m.strip_prefix(&prefix))
+            .filter(|rest| !rest.is_empty() && !rest.contains("::"))
+            .map(str::to_owned)
+            .collect();
+        for path in paths(module, text, &children) {
+            // The longest prefix of the path that is a module is the file it refers to.
+            let target = (0..=path.len())
+                .rev()
+                .map(|n| path[..n].join("::"))
+                .find(|m| modules.contains_key(m));
+            if let Some(target) = target {
+                let (target, _) = modules.get_key_value(&target).unwrap();
+                if target != module {
+                    edges.entry(module).or_default().insert(target);
+                }
+            }
+        }
+    }
+    // Depth-first search for a cycle.
+    fn visit<'a>(
+        m: &'a str,
+        edges: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<&'a str>> {
+        if let Some(i) = path.iter().position(|p| *p == m) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(m);
+            return Some(cycle);
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m);
+        for next in edges.get(m).into_iter().flatten() {
+            if let Some(c) = visit(next, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(m);
+        None
+    }
+    let mut done = BTreeSet::new();
+    let mut cycles = BTreeSet::new();
+    for m in modules.keys() {
+        if let Some(cycle) = visit(m, &edges, &mut Vec::new(), &mut done) {
+            let shown: Vec<&str> = cycle
+                .iter()
+                .map(|m| if m.is_empty() { "lib" } else { m })
+                .collect();
+            cycles.insert(shown.join(" -> "));
+        }
+    }
+    let cycles: Vec<String> = cycles.into_iter().collect();
+    assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+    // The checker sees real edges (a vacuous graph would pass anything).
+    assert!(edges["proxy::forward"].contains("proxy::outbound"));
+    assert!(edges["admin"].contains("reload"));
+    assert!(
+        edges["config"].contains("config::validate"),
+        "relative paths count"
+    );
+}
