@@ -1,8 +1,8 @@
 //! The running configuration and how a new one replaces it (SIGHUP, `POST /reload`).
 //!
 //! [`Core`] owns what a reload swaps — the [`Routes`] every worker reads, the token
-//! cache's background refreshers — and what it keeps: the audit, the metrics, the
-//! shadow rate limit, and (in the workers) the upstream connection pools. Both the
+//! cache's background refreshers, the shadow rate limit when its rate changed — and what
+//! it keeps: the audit, the metrics, and (in the workers) the upstream connection pools. Both the
 //! server, which builds it, and the admin listener, which triggers reloads and reads
 //! the current state, use it.
 
@@ -25,7 +25,6 @@ pub struct Core {
     refreshers: Mutex<Refreshers>,
     pub audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
-    shadow_limiter: Arc<RateLimiter>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     /// Where SIGHUP and `POST /reload` read the new configuration from.
@@ -78,14 +77,13 @@ impl Core {
             tokens,
             Arc::clone(&audit.recorder),
             Arc::clone(&metrics),
-            Arc::clone(&shadow_limiter),
+            shadow_limiter,
         );
         Core {
             routes: Arc::new(ArcSwap::from_pointee(routes)),
             refreshers: Mutex::new(refreshers),
             audit,
             metrics,
-            shadow_limiter,
             reloading: tokio::sync::Mutex::new(()),
             source,
         }
@@ -140,13 +138,22 @@ impl Core {
         }
         self.audit.adopt(&next).await?;
         let next = Arc::new(next);
+        // The shadow budget carries over unless its rate changed.
+        let current = self.routes.load_full();
+        let rate = next.cutover.shadow_max_per_second;
+        let shadow_limiter = if current.config.cutover.shadow_max_per_second == rate {
+            Arc::clone(&current.shadow_limiter)
+        } else {
+            Arc::new(RateLimiter::new(rate))
+        };
+        drop(current);
         let refreshers = tokens.spawn_refreshers();
         self.routes.store(Arc::new(Routes::new(
             Arc::clone(&next),
             tokens,
             Arc::clone(&self.audit.recorder),
             Arc::clone(&self.metrics),
-            Arc::clone(&self.shadow_limiter),
+            shadow_limiter,
         )));
         // The old refreshers stop here (aborted on drop).
         *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()) = refreshers;

@@ -389,3 +389,56 @@ async fn tls_on_the_proxy_listener_serves_http1_and_h2() {
     assert_eq!(mock.api_hits(), 2);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_applies_a_new_shadow_rate() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&mock.base_url(), "cutover:\n  shadow_max_per_second: 1\n").replace(
+        "    client: erp-sync\n",
+        "    client: erp-sync\n    mode: shadow\n",
+    );
+    let (path, proxy) = start_from_file(&yaml).await;
+    let replays = || {
+        mock.requests()
+            .iter()
+            .filter(|r| matches!(r.auth, MockAuth::Bearer { .. }))
+            .count()
+    };
+    let burst = |n| async move {
+        for _ in 0..n {
+            let (status, _, _) = get(
+                proxy.proxy_addr,
+                "/api/invoices/1",
+                &[("x-coupa-api-key", KEY)],
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    burst(20).await;
+    let before = replays();
+    assert!(
+        (1..=2).contains(&before),
+        "1/s allows a burst of 1: {before}"
+    );
+
+    std::fs::write(
+        &path,
+        yaml.replace(
+            "shadow_max_per_second: 1\n",
+            "shadow_max_per_second: 1000\n",
+        ),
+    )
+    .unwrap();
+    let (status, body) = reload(proxy.admin_addr).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    burst(20).await;
+    let after = replays() - before;
+    assert!(
+        after >= 19,
+        "the new rate (1000/s) applies after the reload: {after} of 20 replayed"
+    );
+    proxy.shutdown().await;
+    mock.stop().await;
+}
