@@ -19,11 +19,17 @@ use hyper::body::Incoming;
 /// Errors of bodies and services we don't own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a caller's body can be: hyper's `Incoming` from a socket, or any body alike
+/// (a `Full` in the request path's in-process tests).
+pub trait Inbound: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<T> Inbound for T where T: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
 /// A caller's request body, aborted if it stalls for `server.body_read_timeout`.
-pub type CallerBody = IdleTimeout<Incoming>;
+pub type CallerBody<B = Incoming> = IdleTimeout<B>;
 
 /// Request bodies sent upstream: a caller's body streamed through, or one we built.
-pub type UpstreamBody = Either<CallerBody, Full<Bytes>>;
+pub type UpstreamBody<B = Incoming> = Either<CallerBody<B>, Full<Bytes>>;
 
 /// What callers get back: Coupa's body (`B`) streamed through, or our own error body.
 pub type ResponseBody<B = Incoming> = Either<B, Full<Bytes>>;
@@ -34,20 +40,20 @@ pub type ResponseBody<B = Incoming> = Either<B, Full<Bytes>>;
 /// if its whole body is held. Bodies with a `Content-Length` up to the limit are read
 /// into memory first; larger or chunked bodies stream straight through and are never
 /// replayed.
-pub enum RequestBody {
+pub enum RequestBody<B = Incoming> {
     Empty,
     Buffered(Bytes),
-    Streaming(Option<CallerBody>),
+    Streaming(Option<CallerBody<B>>),
 }
 
-impl RequestBody {
+impl<B: Inbound> RequestBody<B> {
     /// Streams without buffering (key-only routes).
-    pub fn streaming(body: CallerBody) -> Self {
+    pub fn streaming(body: CallerBody<B>) -> Self {
         RequestBody::Streaming(Some(body))
     }
 
     /// Buffers the body if it is known to be at most `limit` bytes.
-    pub async fn replayable(body: CallerBody, limit: u64) -> Result<Self, BoxError> {
+    pub async fn replayable(body: CallerBody<B>, limit: u64) -> Result<Self, BoxError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Empty);
         }
@@ -64,7 +70,7 @@ impl RequestBody {
 
     /// The body for the next send. A streaming body can be taken once; later calls
     /// get an empty body (callers check [`RequestBody::can_replay`] first).
-    pub fn send_body(&mut self) -> UpstreamBody {
+    pub fn send_body(&mut self) -> UpstreamBody<B> {
         match self {
             RequestBody::Empty => Either::Right(Full::new(Bytes::new())),
             RequestBody::Buffered(b) => Either::Right(Full::new(b.clone())),

@@ -15,17 +15,17 @@ use super::handled::{Handled, Who};
 use super::headers::{Credential, X_COUPA_API_KEY};
 use super::send::Upstream;
 use crate::audit::Outcome;
-use crate::body::CallerBody;
+use crate::body::{CallerBody, Inbound};
 use crate::config::{BearerRequests, UnknownKeys};
 use crate::cutover::{self, Route};
 use crate::error::ProxyError;
 use crate::keys::Fingerprint;
 
-impl<U: Upstream> Proxy<U> {
+impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     /// Authenticates the request and sends it down the route its caller's plan picks.
     pub(super) async fn dispatch(
         &self,
-        req: Request<CallerBody>,
+        req: Request<CallerBody<B>>,
         target: PathAndQuery,
         endpoint: &str,
     ) -> Handled<U::Body> {
@@ -72,7 +72,7 @@ impl<U: Upstream> Proxy<U> {
     /// No key: a native bearer caller, or nobody.
     async fn without_key(
         &self,
-        req: Request<CallerBody>,
+        req: Request<CallerBody<B>>,
         target: PathAndQuery,
     ) -> Handled<U::Body> {
         let bearer = req
@@ -100,7 +100,7 @@ impl<U: Upstream> Proxy<U> {
     /// A key no integration owns.
     async fn unknown_key(
         &self,
-        req: Request<CallerBody>,
+        req: Request<CallerBody<B>>,
         target: PathAndQuery,
         fp: Fingerprint,
         key: &HeaderValue,

@@ -15,17 +15,17 @@ use super::send::Upstream;
 use super::send::send;
 use super::shadow::Replay;
 use crate::audit::Outcome;
-use crate::body::{CallerBody, RequestBody, ResponseBody};
+use crate::body::{CallerBody, Inbound, RequestBody, ResponseBody};
 use crate::config::{Client, Instance};
 use crate::error::ProxyError;
 use crate::routes::Caller;
 use crate::token::Token;
 
-impl<U: Upstream> Proxy<U> {
+impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     /// Streams the request to `instance` with `credential`; no retry.
     pub(super) async fn forward(
         &self,
-        req: Request<CallerBody>,
+        req: Request<CallerBody<B>>,
         target: PathAndQuery,
         instance: &Instance,
         credential: Credential<'_>,
@@ -40,7 +40,7 @@ impl<U: Upstream> Proxy<U> {
     /// `shadow`: serve with the key, then replay a copy with OAuth in the background.
     pub(super) async fn forward_key_and_shadow(
         &self,
-        req: Request<CallerBody>,
+        req: Request<CallerBody<B>>,
         target: PathAndQuery,
         caller: Arc<Caller>,
         client: &Arc<Client>,
@@ -65,7 +65,7 @@ impl<U: Upstream> Proxy<U> {
                 endpoint: endpoint.to_owned(),
                 key_status: response.status().as_u16(),
             };
-            tokio::spawn(replay.run());
+            tokio::spawn(replay.run::<B>());
         }
         Handled::new(Who::Caller(caller), Outcome::ApiKey, result)
     }
@@ -74,7 +74,7 @@ impl<U: Upstream> Proxy<U> {
     /// answer is [`next_step`]'s decision; this only carries it out.
     pub(super) async fn forward_oauth(
         &self,
-        req: Request<CallerBody>,
+        req: Request<CallerBody<B>>,
         target: PathAndQuery,
         caller: Arc<Caller>,
         client: &Arc<Client>,

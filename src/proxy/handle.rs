@@ -1,6 +1,7 @@
 //! One request from arrival to answer: admit it, dispatch it, turn a failure into its
 //! response (logged by fault), record it.
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,21 +17,25 @@ use super::record::{self, Done};
 use super::send::Upstream;
 use super::uri;
 use crate::audit::template::template;
-use crate::body::{CallerBody, ResponseBody};
+use crate::body::{CallerBody, Inbound, ResponseBody};
 use crate::error::{Fault, ProxyError};
 use crate::routes::Routes;
 
 /// One request's view: the routes current when it arrived, this worker's upstream and
-/// the caller's address.
-pub(super) struct Proxy<U> {
+/// the caller's address. `B` is the caller's body type (hyper's `Incoming` but in tests).
+pub(super) struct Proxy<U, B> {
     pub(super) routes: Arc<Routes>,
     pub(super) upstream: U,
     pub(super) peer: SocketAddr,
+    pub(super) body: PhantomData<fn(B)>,
 }
 
-impl<U: Upstream> Proxy<U> {
+impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     /// Handles one request; never fails (errors become JSON responses).
-    pub(super) async fn handle(self, req: Request<CallerBody>) -> Response<ResponseBody<U::Body>> {
+    pub(super) async fn handle(
+        self,
+        req: Request<CallerBody<B>>,
+    ) -> Response<ResponseBody<U::Body>> {
         let started = Instant::now();
         let endpoint = format!("{} {}", req.method(), template(req.uri().path()));
         let user_agent = req.headers().get(USER_AGENT).cloned();
@@ -82,7 +87,7 @@ fn log_failure(who: &Who, endpoint: &str, err: &ProxyError) {
 /// forward: CONNECT tunnels and protocol upgrades would bypass the header rewrite, a
 /// target without a path has nothing to forward, and hyper would send a chunked
 /// GET/HEAD body with no framing, i.e. drop it.
-fn admit(req: &Request<CallerBody>) -> Result<PathAndQuery, ProxyError> {
+fn admit<B: Inbound>(req: &Request<CallerBody<B>>) -> Result<PathAndQuery, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
     }

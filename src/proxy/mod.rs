@@ -25,6 +25,8 @@ mod retry;
 mod send;
 mod service;
 mod shadow;
+#[cfg(test)]
+mod tests;
 pub mod uri;
 
 pub use send::Upstream;

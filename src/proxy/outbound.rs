@@ -10,7 +10,7 @@ use http_body::Body as _;
 use http_body_util::Either;
 
 use super::headers::{self, Credential};
-use crate::body::{ResponseBody, UpstreamBody};
+use crate::body::{Inbound, ResponseBody, UpstreamBody};
 use crate::config::Instance;
 
 /// The upstream request minus its credential and body. Built once, sent up to twice.
@@ -48,11 +48,11 @@ impl Outbound {
     }
 
     /// A request with a copy of the headers (for a send that may be retried).
-    pub(crate) fn build(
+    pub(crate) fn build<B: Inbound>(
         &self,
         credential: Credential<'_>,
-        body: UpstreamBody,
-    ) -> Request<UpstreamBody> {
+        body: UpstreamBody<B>,
+    ) -> Request<UpstreamBody<B>> {
         assemble(
             self.method.clone(),
             self.uri.clone(),
@@ -63,22 +63,22 @@ impl Outbound {
     }
 
     /// The last (or only) request, without copying.
-    pub(crate) fn into_request(
+    pub(crate) fn into_request<B: Inbound>(
         self,
         credential: Credential<'_>,
-        body: UpstreamBody,
-    ) -> Request<UpstreamBody> {
+        body: UpstreamBody<B>,
+    ) -> Request<UpstreamBody<B>> {
         assemble(self.method, self.uri, self.headers, credential, body)
     }
 }
 
-fn assemble(
+fn assemble<B: Inbound>(
     method: Method,
     uri: Uri,
     mut headers: HeaderMap,
     credential: Credential<'_>,
-    body: UpstreamBody,
-) -> Request<UpstreamBody> {
+    body: UpstreamBody<B>,
+) -> Request<UpstreamBody<B>> {
     headers::set_credential(&mut headers, credential);
     if body.is_end_stream() && matches!(method, Method::POST | Method::PUT | Method::PATCH) {
         // hyper sends no framing for an empty body; strict front ends want 411-free

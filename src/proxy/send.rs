@@ -8,49 +8,50 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use tower::ServiceExt as _;
 
-use crate::body::{BodyIdle, BoxError, UpstreamBody};
+use crate::body::{BodyIdle, BoxError, Inbound, UpstreamBody};
 use crate::config::Instance;
 use crate::error::ProxyError;
 use crate::routes::Routes;
+use hyper::body::Incoming;
 
-/// What the proxy forwards to.
-pub trait Upstream: Clone + Send + Sync + 'static {
+/// What the proxy forwards to, for caller bodies of type `B`.
+pub trait Upstream<B = Incoming>: Clone + Send + Sync + 'static {
     /// Coupa's response body, streamed back to the caller.
-    type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static;
+    type Body: Inbound;
     /// Sends one request.
     fn send(
         &self,
-        request: Request<UpstreamBody>,
+        request: Request<UpstreamBody<B>>,
     ) -> impl Future<Output = Result<Response<Self::Body>, BoxError>> + Send;
 }
 
-impl<S, B> Upstream for S
+impl<S, B, RB> Upstream<B> for S
 where
-    S: tower::Service<Request<UpstreamBody>, Response = Response<B>>
+    S: tower::Service<Request<UpstreamBody<B>>, Response = Response<RB>>
         + Clone
         + Send
         + Sync
         + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
+    B: Inbound,
+    RB: Inbound,
 {
-    type Body = B;
+    type Body = RB;
 
-    async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<B>, BoxError> {
+    async fn send(&self, request: Request<UpstreamBody<B>>) -> Result<Response<RB>, BoxError> {
         self.clone().oneshot(request).await.map_err(Into::into)
     }
 }
 
 /// Sends one request to `instance` within `upstream.response_timeout`.
-pub(crate) async fn send<U: Upstream>(
+pub(crate) async fn send<B: Inbound, U: Upstream<B>>(
     upstream: &U,
     routes: &Routes,
-    request: Request<UpstreamBody>,
+    request: Request<UpstreamBody<B>>,
     instance: &Instance,
 ) -> Result<Response<U::Body>, ProxyError> {
     let limit = routes.config.upstream.response_timeout;

@@ -12,13 +12,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::marker::PhantomData;
+
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use super::handle::Proxy;
 use super::send::Upstream;
-use crate::body::{IdleTimeout, ResponseBody};
+use crate::body::{IdleTimeout, Inbound, ResponseBody};
 use crate::routes::Routes;
 
 /// The proxy service for one connection: the shared routes, this worker's upstream.
@@ -39,7 +40,7 @@ impl<U> ProxyService<U> {
     }
 }
 
-impl<U: Upstream> tower::Service<Request<Incoming>> for ProxyService<U> {
+impl<B: Inbound, U: Upstream<B>> tower::Service<Request<B>> for ProxyService<U> {
     type Response = Response<ResponseBody<U::Body>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -48,7 +49,7 @@ impl<U: Upstream> tower::Service<Request<Incoming>> for ProxyService<U> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let routes = self.routes.load_full();
         let idle = routes.config.server.body_read_timeout;
         let req = req.map(|body| IdleTimeout::new(body, idle));
@@ -56,6 +57,7 @@ impl<U: Upstream> tower::Service<Request<Incoming>> for ProxyService<U> {
             routes,
             upstream: self.upstream.clone(),
             peer: self.peer,
+            body: PhantomData,
         };
         Box::pin(async move { Ok(proxy.handle(req).await) })
     }

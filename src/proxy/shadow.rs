@@ -14,6 +14,7 @@ use super::outbound::Outbound;
 use super::retry::token_refused;
 use super::send::Upstream;
 use super::send::send;
+use crate::body::{Inbound, UpstreamBody};
 use crate::config::Client;
 use crate::routes::{Caller, Routes};
 
@@ -31,8 +32,11 @@ pub(super) struct Replay<U> {
     pub key_status: u16,
 }
 
-impl<U: Upstream> Replay<U> {
-    pub(super) async fn run(self) {
+impl<U> Replay<U> {
+    pub(super) async fn run<B: Inbound>(self)
+    where
+        U: Upstream<B>,
+    {
         let integration = &self.caller.integration;
         let client = &self.client;
         let token = match self.routes.tokens.get(&client.name).await {
@@ -42,10 +46,10 @@ impl<U: Upstream> Replay<U> {
                 return;
             }
         };
-        let request = self.request.into_request(
-            Credential::Bearer(token.authorization()),
-            Either::Right(Full::default()),
-        );
+        let body: UpstreamBody<B> = Either::Right(Full::default());
+        let request = self
+            .request
+            .into_request(Credential::Bearer(token.authorization()), body);
         let oauth_status = match send(&self.upstream, &self.routes, request, &client.instance).await
         {
             Ok(response) => {

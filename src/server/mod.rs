@@ -54,6 +54,11 @@ pub enum StartError {
 }
 
 /// A started keybridge: its bound addresses and the means to stop it.
+///
+/// [`Running::shutdown`] stops gracefully: it waits for in-flight requests (up to the
+/// grace period) and writes the last audit window. Dropping it without that still stops
+/// serving — both listeners close and the workers drain in the background — so a test
+/// or a caller that bails out early leaves nothing listening.
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -61,26 +66,38 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     workers: Vec<oneshot::Receiver<()>>,
-    flusher: JoinHandle<()>,
+    flusher: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish (up to the grace period), waits
     /// for both listeners to close and writes the last audit window.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "listener task ended abnormally");
             }
         }
-        for worker in self.workers {
+        for worker in std::mem::take(&mut self.workers) {
             // An error means the worker thread is already gone.
             let _ = worker.await;
         }
-        self.flusher.abort();
+        if let Some(flusher) = self.flusher.take() {
+            flusher.abort();
+        }
         if let Err(e) = self.core.audit.flush().await {
             tracing::error!(error = %e, "final audit flush failed");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // After `shutdown` this is a no-op; otherwise listeners and workers stop.
+        let _ = self.shutdown.send(true);
+        if let Some(flusher) = self.flusher.take() {
+            flusher.abort();
         }
     }
 }
@@ -167,7 +184,7 @@ pub async fn start_with_file(
         shutdown,
         tasks: vec![proxy_task, admin_task],
         workers,
-        flusher,
+        flusher: Some(flusher),
     })
 }
 
