@@ -142,7 +142,7 @@ impl MockCoupa {
             addr,
             state,
             shutdown,
-            task,
+            task: Some(task),
         })
     }
 }
@@ -193,7 +193,14 @@ pub struct MockHandle {
     pub addr: SocketAddr,
     state: Arc<State>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Dropping the handle stops the mock too (without waiting for it).
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
 }
 
 impl MockHandle {
@@ -230,9 +237,12 @@ impl MockHandle {
         lock(&self.state.tokens).clear();
     }
 
-    pub async fn stop(self) {
+    /// Stops the mock and waits until it has.
+    pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 

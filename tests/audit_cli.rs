@@ -124,7 +124,6 @@ async fn the_audit_survives_a_restart_and_the_cli_agrees_with_the_admin_api() {
             .unwrap()
             .starts_with("netsuite-bundle,oauth,on OAuth,0,6,0,0,0,0,")
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]

@@ -170,7 +170,6 @@ async fn observe_forwards_the_key_unchanged_and_records_it() {
         !audit.to_string().contains(OBSERVER),
         "the audit never holds a key"
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -235,7 +234,6 @@ async fn shadow_serves_with_the_key_and_proves_oauth_on_gets_only() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(missing, ["core.invoice.write", "core.supplier.read"]);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -271,7 +269,6 @@ async fn canary_sends_about_the_configured_share_with_oauth() {
     assert_eq!(i["requests"]["oauth"], oauth);
     assert_eq!(i["requests"]["api_key"], key);
     assert_eq!(i["state"], "canary (30% OAuth, 0 fallbacks)");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -318,7 +315,6 @@ async fn canary_falls_back_to_the_key_when_the_client_lacks_a_scope() {
             .unwrap()
             .contains("add scopes: core.invoice.write")
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -334,7 +330,6 @@ async fn a_streamed_body_over_the_replay_limit_is_not_replayed() {
     assert_eq!(mock.api_hits(), 1);
     let audit = audit_json(&proxy).await;
     assert_eq!(integration(&audit, "canary-reader")["requests"]["oauth"], 1);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -367,7 +362,6 @@ async fn oauth_and_deny_modes() {
     assert_eq!(integration(&audit, "migrated")["requests"]["oauth"], 1);
     assert_eq!(integration(&audit, "migrated")["state"], "on OAuth");
     assert_eq!(integration(&audit, "retired")["requests"]["denied"], 1);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -380,8 +374,9 @@ async fn an_integration_quiet_on_oauth_long_enough_is_ready_to_disable_its_key()
         .await
         .unwrap();
     let audit = temp_path("audit.db");
-    let yaml =
-        fleet_yaml(&mock.base_url(), &audit, "").replace("audit:\n", "audit:\n  ready_after: 1s\n");
+    let yaml = TestConfig::from_yaml(&fleet_yaml(&mock.base_url(), &audit, ""))
+        .set("audit.ready_after", "1s")
+        .yaml();
     let proxy = start_proxy(&yaml).await;
     wait_ready(proxy.admin_addr).await;
     assert_eq!(
@@ -405,7 +400,6 @@ async fn an_integration_quiet_on_oauth_long_enough_is_ready_to_disable_its_key()
         "canary",
         "canary is never ready"
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -489,7 +483,6 @@ async fn unknown_keys_and_bearer_callers_follow_the_policies() {
     );
     assert_eq!(json(&body)["error"], "unknown_api_key");
     assert_eq!(mock.api_hits(), 0);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -544,5 +537,4 @@ async fn metrics_tokens_and_access_log_name_integrations_never_secrets() {
     assert_eq!(line["status"], 200);
     assert!(line["duration_ms"].as_f64().is_some());
     assert!(!logs.contains(OBSERVER) && !logs.contains(MIGRATED) && !logs.contains("full-secret"));
-    proxy.shutdown().await;
 }

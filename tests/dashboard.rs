@@ -125,5 +125,4 @@ async fn the_dashboard_renders_progress_states_advice_and_unknown_keys() {
         "a rendered page, not a blank one ({} bytes)",
         bytes.len()
     );
-    proxy.shutdown().await;
 }

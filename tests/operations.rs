@@ -44,8 +44,22 @@ async fn reload(admin: std::net::SocketAddr) -> (StatusCode, serde_json::Value) 
     (status, json(&body))
 }
 
-fn with_second_integration(yaml: &str, client_block: &str, client: &str) -> String {
-    yaml.replace("integrations:\n", &format!("{client_block}integrations:\n  - name: second\n    api_key: {SECOND_KEY}\n    client: {client}\n"))
+/// Adds client `second` (on `instance`, with `secret`) and integration `second` using it.
+fn with_second_integration(config: TestConfig, instance: &str, secret: &str) -> TestConfig {
+    config
+        .set(
+            "clients.second",
+            serde_json::json!({
+                "instance": instance,
+                "client_id": "second-client",
+                "client_secret": secret,
+                "scopes": ["core.invoice.read"],
+            }),
+        )
+        .push(
+            "integrations",
+            serde_json::json!({"name": "second", "api_key": SECOND_KEY, "client": "second"}),
+        )
 }
 
 #[tokio::test]
@@ -86,12 +100,8 @@ async fn reload_adds_an_integration_and_keeps_unchanged_tokens() {
             assert_eq!(status, StatusCode::OK, "no request fails across a reload");
         }
     });
-    let client_block = "  second:\n    instance: prod\n    client_id: second-client\n    client_secret: second-secret\n    scopes: [core.invoice.read]\n";
-    let next = with_second_integration(
-        &yaml.replace("clients:\n", &format!("clients:\n{client_block}")),
-        "",
-        "second",
-    );
+    let next =
+        with_second_integration(TestConfig::from_yaml(&yaml), "prod", "second-secret").yaml();
     std::fs::write(&path, &next).unwrap();
     let (status, body) = reload(proxy.admin_addr).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -123,7 +133,6 @@ async fn reload_adds_an_integration_and_keeps_unchanged_tokens() {
         2,
         "erp-sync kept its token; only the new client fetched one"
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -132,7 +141,8 @@ async fn a_bad_reload_is_refused_and_the_old_config_keeps_serving() {
     let yaml = config_yaml(&mock.base_url(), "");
     let (path, proxy) = start_from_file(&yaml).await;
 
-    std::fs::write(&path, yaml.replace("client: erp-sync", "client: nope")).unwrap();
+    let dangling = TestConfig::from_yaml(&yaml).set("integrations[0].client", "nope");
+    std::fs::write(&path, dangling.yaml()).unwrap();
     let (status, body) = reload(proxy.admin_addr).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(
@@ -144,16 +154,8 @@ async fn a_bad_reload_is_refused_and_the_old_config_keeps_serving() {
     );
 
     // A new client whose secret Coupa rejects aborts the reload, naming it.
-    let client_block = "  second:\n    instance: prod\n    client_id: second-client\n    client_secret: wrong-secret\n";
-    std::fs::write(
-        &path,
-        with_second_integration(
-            &yaml.replace("clients:\n", &format!("clients:\n{client_block}")),
-            "",
-            "second",
-        ),
-    )
-    .unwrap();
+    let rejected = with_second_integration(TestConfig::from_yaml(&yaml), "prod", "wrong-secret");
+    std::fs::write(&path, rejected.yaml()).unwrap();
     let (status, body) = reload(proxy.admin_addr).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let message = body["message"].as_str().unwrap();
@@ -184,7 +186,6 @@ async fn a_bad_reload_is_refused_and_the_old_config_keeps_serving() {
         StatusCode::UNAUTHORIZED
     );
     assert!(logs().contains("reload refused"));
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -193,17 +194,10 @@ async fn an_unreachable_token_endpoint_does_not_block_a_reload() {
     let yaml = config_yaml(&mock.base_url(), "");
     let (path, proxy) = start_from_file(&yaml).await;
     let closed = closed_addr().await;
-    let block = format!("instances:\n  elsewhere:\n    base_url: http://{closed}\n");
-    let client_block =
-        "  second:\n    instance: elsewhere\n    client_id: second-client\n    client_secret: s\n";
-    let next = with_second_integration(
-        &yaml.replace("clients:\n", &format!("clients:\n{client_block}")),
-        "",
-        "second",
-    )
-    .replace("instances:\n", &block);
-    let next = next.replace("audit:", "default_instance: prod\naudit:");
-    std::fs::write(&path, next).unwrap();
+    let next = with_second_integration(TestConfig::from_yaml(&yaml), "elsewhere", "s")
+        .set("instances.elsewhere.base_url", format!("http://{closed}"))
+        .set("default_instance", "prod");
+    std::fs::write(&path, next.yaml()).unwrap();
     let (status, body) = reload(proxy.admin_addr).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
@@ -231,7 +225,6 @@ async fn an_unreachable_token_endpoint_does_not_block_a_reload() {
         .0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -320,7 +313,6 @@ async fn the_admin_token_guards_everything_but_healthz() {
         get(admin, "/", &[("authorization", &basic)]).await.0,
         StatusCode::OK
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -387,16 +379,15 @@ async fn tls_on_the_proxy_listener_serves_http1_and_h2() {
     .await;
     assert!(!reply.contains("200 OK"));
     assert_eq!(mock.api_hits(), 2);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_reload_applies_a_new_shadow_rate() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&mock.base_url(), "cutover:\n  shadow_max_per_second: 1\n").replace(
-        "    client: erp-sync\n",
-        "    client: erp-sync\n    mode: shadow\n",
-    );
+    let config = TestConfig::standard(&mock.base_url())
+        .set("cutover.shadow_max_per_second", 1)
+        .set("integrations[0].mode", "shadow");
+    let yaml = config.yaml();
     let (path, proxy) = start_from_file(&yaml).await;
     let replays = || {
         mock.requests()
@@ -425,10 +416,7 @@ async fn a_reload_applies_a_new_shadow_rate() {
 
     std::fs::write(
         &path,
-        yaml.replace(
-            "shadow_max_per_second: 1\n",
-            "shadow_max_per_second: 1000\n",
-        ),
+        config.set("cutover.shadow_max_per_second", 1000).yaml(),
     )
     .unwrap();
     let (status, body) = reload(proxy.admin_addr).await;
@@ -439,6 +427,4 @@ async fn a_reload_applies_a_new_shadow_rate() {
         after >= 19,
         "the new rate (1000/s) applies after the reload: {after} of 20 replayed"
     );
-    proxy.shutdown().await;
-    mock.stop().await;
 }

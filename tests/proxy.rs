@@ -57,7 +57,6 @@ async fn get_reaches_coupa_with_the_bearer_only_and_comes_back_unchanged() {
         r.response_sha256,
         "response body byte-identical"
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -88,7 +87,6 @@ async fn a_5mb_post_streams_through_byte_identical() {
     assert!(!r.headers.contains_key("x-coupa-api-key"));
     assert_eq!(body.len(), payload.len());
     assert!(body == payload, "echoed body byte-identical");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -118,7 +116,6 @@ async fn unknown_or_missing_key_is_rejected_without_reaching_coupa() {
         );
     }
     assert_eq!(mock.api_hits(), 0, "nothing may be forwarded");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -152,7 +149,6 @@ async fn absolute_form_targets_and_forged_hosts_still_go_to_the_instance() {
         assert_eq!(r.target, want);
         assert_eq!(r.headers["host"], mock.addr.to_string());
     }
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -184,7 +180,6 @@ async fn coupa_query_syntax_passes_byte_exact() {
     let reply = raw_exchange(proxy.proxy_addr, raw.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(mock.api_hits(), targets.len());
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -201,7 +196,6 @@ async fn connection_header_cannot_drop_the_bearer_or_keep_the_key() {
     assert!(!r.headers.contains_key("x-coupa-api-key"));
     assert!(!r.headers.contains_key("x_coupa_api_key"));
     assert!(!r.headers.contains_key("connection"));
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -216,7 +210,6 @@ async fn long_jwt_bearers_reach_coupa() {
     assert_eq!(status, StatusCode::OK);
     let auth = mock.requests()[0].headers["authorization"].len();
     assert!(auth > 16 * 1024, "bearer header was {auth} bytes");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -231,7 +224,6 @@ async fn coupa_errors_pass_back_unchanged() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(sha256_hex(&body), mock.requests()[0].response_sha256);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -283,7 +275,6 @@ async fn unreachable_coupa_gives_502_and_a_hanging_one_504() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(json(&body)["error"], "upstream_timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -303,7 +294,6 @@ async fn http2_callers_are_served_too() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert!(matches!(mock.requests()[0].auth, MockAuth::Bearer { .. }));
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -322,7 +312,6 @@ async fn connect_and_upgrade_are_refused() {
     .await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(mock.api_hits(), 0);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -338,7 +327,6 @@ async fn empty_writes_carry_content_length_zero() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(mock.requests()[0].headers["content-length"], "0");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -351,5 +339,4 @@ async fn two_key_headers_are_refused() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("ambiguous_api_key"));
     assert_eq!(mock.api_hits(), 0);
-    proxy.shutdown().await;
 }

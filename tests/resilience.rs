@@ -19,14 +19,12 @@ use keybridge::mock::TokenFailure;
 use support::raw::RawUpstream;
 use support::*;
 
-const FAST_TOKEN_TIMEOUT: &str = "  request_timeout: 400ms\n";
-
 /// A config whose token section also has a short request timeout.
 fn fast_token_config(base_url: &str, extra: &str) -> String {
-    config_yaml(base_url, extra).replace(
-        "  settle_delay: 0s\n",
-        &format!("  settle_delay: 0s\n{FAST_TOKEN_TIMEOUT}"),
-    )
+    TestConfig::standard(base_url)
+        .merge(extra)
+        .set("token.request_timeout", "400ms")
+        .yaml()
 }
 
 #[tokio::test]
@@ -70,7 +68,6 @@ async fn a_token_outage_that_ends_before_expiry_fails_no_request() {
         mock.requests().iter().all(|r| r.status == 200),
         "Coupa never saw an expired or missing token"
     );
-    proxy.shutdown().await;
 }
 
 /// Starts a proxy whose token endpoint fails as given from the start; one request.
@@ -233,7 +230,6 @@ async fn an_absurd_token_lifetime_is_clamped_to_a_day() {
         "clamped to 24 h: {expires}"
     );
     assert!(!String::from_utf8_lossy(&body).contains("forever-token"));
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -265,7 +261,6 @@ async fn requests_waiting_on_a_hung_token_endpoint_share_one_attempt() {
         asked <= 2,
         "one shared attempt (plus the refresher's), not 50: {asked}"
     );
-    proxy.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------
@@ -274,7 +269,7 @@ async fn requests_waiting_on_a_hung_token_endpoint_share_one_attempt() {
 /// A proxy whose API instance is the raw upstream and whose token endpoint is a mock.
 async fn proxy_to_raw(
     extra: &str,
-    integration: &str,
+    canary: bool,
 ) -> (
     RawUpstream,
     keybridge::mock::MockHandle,
@@ -282,10 +277,13 @@ async fn proxy_to_raw(
 ) {
     let raw = RawUpstream::start().await;
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&raw.base_url(), extra).replace(
-        "    client: erp-sync\n",
-        &format!("    client: erp-sync\n{integration}"),
-    );
+    let mut config = TestConfig::standard(&raw.base_url()).merge(extra);
+    if canary {
+        config = config
+            .set("integrations[0].mode", "canary")
+            .set("integrations[0].canary_percent", 100);
+    }
+    let yaml = config.yaml();
     let proxy = start_proxy(&with_token_url(&yaml, &mock.base_url())).await;
     wait_ready(proxy.admin_addr).await;
     (raw, mock, proxy)
@@ -295,7 +293,7 @@ const SHORT_UPSTREAM: &str = "upstream:\n  response_timeout: 1s\n  connect_timeo
 
 #[tokio::test]
 async fn coupa_faults_give_502_or_504_promptly_and_the_pool_recovers() {
-    let (raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, "").await;
+    let (raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, false).await;
     let client = client();
     let key = [("x-coupa-api-key", KEY)];
     let cases = [
@@ -353,12 +351,11 @@ async fn coupa_faults_give_502_or_504_promptly_and_the_pool_recovers() {
         assert_eq!(status, StatusCode::OK, "after {path}");
     }
     assert_eq!(raw.hits("/api/hang"), 1, "a timed-out GET is not retried");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_response_cut_short_by_coupa_never_desynchronises_the_caller() {
-    let (_raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, "").await;
+    let (_raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, false).await;
     for path in [
         "/api/close-mid-body",
         "/api/reset-mid-body",
@@ -387,13 +384,11 @@ async fn a_response_cut_short_by_coupa_never_desynchronises_the_caller() {
     // The proxy is healthy afterwards.
     let (status, _, _) = get(proxy.proxy_addr, "/api/ok", &[("x-coupa-api-key", KEY)]).await;
     assert_eq!(status, StatusCode::OK);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn requests_are_replayed_only_after_coupa_refuses_them() {
-    let canary = "    mode: canary\n    canary_percent: 100\n";
-    let (raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, canary).await;
+    let (raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, true).await;
     let key = [
         ("x-coupa-api-key", KEY),
         ("content-type", "application/json"),
@@ -426,7 +421,6 @@ async fn requests_are_replayed_only_after_coupa_refuses_them() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(raw.hits("/api/hang"), 1);
     assert_eq!(raw.hits("/api/reset-before-head"), 1);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -478,14 +472,13 @@ async fn a_coupa_that_never_accepts_the_connection_is_a_prompt_502() {
         "{line}"
     );
     drop(listener);
-    proxy.shutdown().await;
 }
 
 /// Sends a POST head and the first KB of a 100 KB body, then waits for `arrived`;
 /// returns whether Coupa saw the request before the caller sent the rest.
-async fn head_reaches_coupa_before_the_body_ends(mode: &str) -> bool {
+async fn head_reaches_coupa_before_the_body_ends(canary: bool) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, mode).await;
+    let (raw, _mock, proxy) = proxy_to_raw(SHORT_UPSTREAM, canary).await;
     let mut s = tokio::net::TcpStream::connect(proxy.proxy_addr)
         .await
         .unwrap();
@@ -507,7 +500,7 @@ async fn head_reaches_coupa_before_the_body_ends(mode: &str) -> bool {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     assert!(
         out.starts_with(b"HTTP/1.1 200"),
-        "{mode}: {}",
+        "canary={canary}: {}",
         String::from_utf8_lossy(&out)
     );
     assert_eq!(raw.hits("/api/upload"), 1);
@@ -518,12 +511,11 @@ async fn head_reaches_coupa_before_the_body_ends(mode: &str) -> bool {
 #[tokio::test]
 async fn oauth_uploads_stream_to_coupa_and_only_canary_buffers_for_its_replay() {
     assert!(
-        head_reaches_coupa_before_the_body_ends("").await,
+        head_reaches_coupa_before_the_body_ends(false).await,
         "oauth: Coupa gets the request while the body is still arriving (no buffering)"
     );
     assert!(
-        !head_reaches_coupa_before_the_body_ends("    mode: canary\n    canary_percent: 100\n")
-            .await,
+        !head_reaches_coupa_before_the_body_ends(true).await,
         "canary: a body under replay_body_limit is buffered so a 401/403 can be replayed"
     );
 }

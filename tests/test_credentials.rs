@@ -37,15 +37,17 @@ async fn test_credentials(yaml: String, client: &str) -> (i32, String, String) {
     .unwrap()
 }
 
-fn yaml_with_scopes(base: &str, scopes: &str) -> String {
-    config_yaml(base, "").replace("[core.invoice.read, core.invoice.write]", scopes)
+fn yaml_with_scopes(base: &str, scopes: &[&str]) -> String {
+    TestConfig::standard(base)
+        .set("clients.erp-sync.scopes", scopes)
+        .yaml()
 }
 
 #[tokio::test]
 async fn a_working_client_passes() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let (code, stdout, stderr) = test_credentials(
-        yaml_with_scopes(&mock.base_url(), "[core.user.read]"),
+        yaml_with_scopes(&mock.base_url(), &["core.user.read"]),
         "erp-sync",
     )
     .await;
@@ -67,7 +69,7 @@ async fn a_rejected_secret_exits_3() {
         .await
         .unwrap();
     let (code, _, stderr) = test_credentials(
-        yaml_with_scopes(&mock.base_url(), "[core.user.read]"),
+        yaml_with_scopes(&mock.base_url(), &["core.user.read"]),
         "erp-sync",
     )
     .await;
@@ -84,7 +86,7 @@ async fn a_missing_user_read_scope_exits_4() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     // The client works for invoices but was never granted core.user.read.
     let (code, _, stderr) = test_credentials(
-        yaml_with_scopes(&mock.base_url(), "[core.invoice.read]"),
+        yaml_with_scopes(&mock.base_url(), &["core.invoice.read"]),
         "erp-sync",
     )
     .await;
@@ -96,7 +98,7 @@ async fn a_missing_user_read_scope_exits_4() {
 
     // Asking for a scope the client was not granted fails at the token endpoint.
     let (code, _, stderr) = test_credentials(
-        yaml_with_scopes(&mock.base_url(), "[core.supplier.read]"),
+        yaml_with_scopes(&mock.base_url(), &["core.supplier.read"]),
         "erp-sync",
     )
     .await;
@@ -108,7 +110,7 @@ async fn a_missing_user_read_scope_exits_4() {
 async fn an_unreachable_token_endpoint_exits_2() {
     let closed = closed_addr().await;
     let (code, _, stderr) = test_credentials(
-        yaml_with_scopes(&format!("http://{closed}"), "[core.user.read]"),
+        yaml_with_scopes(&format!("http://{closed}"), &["core.user.read"]),
         "erp-sync",
     )
     .await;

@@ -74,7 +74,6 @@ async fn two_hundred_concurrent_requests_on_a_cold_cache_cause_one_fetch() {
         .trim_start_matches("Bearer ")
         .to_owned();
     assert!(!logs().contains(&token), "the token must never be logged");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -120,7 +119,6 @@ async fn short_lived_tokens_are_refreshed_before_expiry_without_failures() {
         "{fetches} fetches in 5 s of 2 s tokens"
     );
     assert!(mock.requests().iter().all(|r| r.status == 200));
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -130,7 +128,9 @@ async fn tokens_younger_than_coupas_settle_time_are_never_used() {
         .expires_in(Duration::from_secs(3))
         .settle(Duration::from_secs(1));
     let mock = m.start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&mock.base_url(), "").replace("settle_delay: 0s", "settle_delay: 1s");
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set("token.settle_delay", "1s")
+        .yaml();
     let proxy = start_proxy(&yaml).await;
     // Straight away, before readiness: the first requests wait for the token to settle.
     let n = hammer(proxy.proxy_addr, Duration::from_secs(7)).await;
@@ -140,13 +140,14 @@ async fn tokens_younger_than_coupas_settle_time_are_never_used() {
         mock.requests().iter().all(|r| r.status == 200),
         "Coupa never saw an unsettled token"
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn readiness_waits_for_settled_tokens() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&mock.base_url(), "").replace("settle_delay: 0s", "settle_delay: 700ms");
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set("token.settle_delay", "700ms")
+        .yaml();
     let proxy = start_proxy(&yaml).await;
     let (status, _, body) = get(proxy.admin_addr, "/readyz", &[]).await;
     assert_eq!(
@@ -162,7 +163,6 @@ async fn readiness_waits_for_settled_tokens() {
     let (status, _, body) = get(proxy.admin_addr, "/readyz", &[]).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(mock.token_requests(), 1, "the start-up fetch");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -198,7 +198,6 @@ async fn token_endpoint_down_gives_503_naming_the_client_without_the_secret() {
     let logs = logs();
     assert!(logs.contains("token fetch failed"));
     assert!(!logs.contains(SECRET), "secret in logs");
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -231,17 +230,16 @@ async fn a_rejected_secret_gives_503_and_logs_coupas_error_but_not_the_secret() 
     assert!(!logs.contains(SECRET));
     let (_, _, ready) = get(proxy.admin_addr, "/readyz", &[]).await;
     assert!(String::from_utf8_lossy(&ready).contains("invalid_client"));
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn basic_client_auth_and_scopeless_requests_work() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     // No scopes configured: Coupa grants all of the client's scopes (incl. core.user.read).
-    let yaml = config_yaml(&mock.base_url(), "").replace(
-        "    scopes: [core.invoice.read, core.invoice.write]\n",
-        "    auth: basic\n",
-    );
+    let yaml = TestConfig::standard(&mock.base_url())
+        .remove("clients.erp-sync.scopes")
+        .set("clients.erp-sync.auth", "basic")
+        .yaml();
     let proxy = start_proxy(&yaml).await;
     let (status, _, _) = get(
         proxy.proxy_addr,
@@ -251,14 +249,17 @@ async fn basic_client_auth_and_scopeless_requests_work() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(mock.token_grants(), 1);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_scope_the_client_lacks_is_reported_as_invalid_scope() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml =
-        config_yaml(&mock.base_url(), "").replace("core.invoice.write]", "core.supplier.read]");
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set(
+            "clients.erp-sync.scopes",
+            ["core.invoice.read", "core.supplier.read"],
+        )
+        .yaml();
     let proxy = start_proxy(&yaml).await;
     let (status, _, body) = get(
         proxy.proxy_addr,
@@ -272,7 +273,6 @@ async fn a_scope_the_client_lacks_is_reported_as_invalid_scope() {
         logs().contains("core.supplier.read"),
         "Coupa's description names the scope"
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -303,7 +303,6 @@ async fn a_rejected_secret_is_not_retried_on_every_request() {
         asked <= 4,
         "backoff between token requests, not one per request: {asked}"
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -348,5 +347,4 @@ async fn a_revoked_token_is_replaced_once_even_under_a_401_storm() {
     let refused = mock.requests().iter().filter(|r| r.status == 401).count();
     assert!(refused <= 50, "no request was tried more than twice");
     assert_eq!(mock.requests().len(), 1 + 50 + refused);
-    proxy.shutdown().await;
 }

@@ -104,7 +104,6 @@ async fn an_untrusted_certificate_fails_closed() {
             || logs().contains("certificate"),
         "the log says why"
     );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -147,5 +146,4 @@ async fn a_trusted_private_ca_works_over_h2_and_a_name_mismatch_fails() {
     .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(mock.api_hits(), 1, "nothing more reached Coupa");
-    proxy.shutdown().await;
 }

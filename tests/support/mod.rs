@@ -1,5 +1,10 @@
 //! Shared test harness: a mock Coupa and keybridge on 127.0.0.1:0, a real HTTP client,
 //! and a capture of everything keybridge logs (to check no secret ever appears).
+//!
+//! Configurations are built with [`TestConfig`] (a YAML tree edited by field path).
+//! A proxy (`Running`) and a mock (`MockHandle`) stop serving when dropped, so a test
+//! ends without cleanup calls; it calls `shutdown().await` only where it tests shutdown
+//! or needs the final audit flush.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
@@ -19,8 +24,11 @@ use keybridge::config::Config;
 use keybridge::mock::{MockCoupa, MockHandle};
 use keybridge::server::Running;
 
+pub mod config;
 pub mod leak;
 pub mod raw;
+
+pub use config::TestConfig;
 
 pub const KEY: &str = "0123456789abcdef0123456789abcdef01234567";
 pub const SECRET: &str = "erp-sync-secret-5f1c9a7e";
@@ -70,32 +78,9 @@ pub fn mock() -> MockCoupa {
         .api_key(KEY)
 }
 
-/// A config for one instance at `base_url`, one client, one integration with [`KEY`].
+/// The standard config ([`TestConfig::standard`]) with `extra` (a YAML mapping) merged in.
 pub fn config_yaml(base_url: &str, extra: &str) -> String {
-    format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-instances:
-  prod:
-    base_url: {base_url}
-clients:
-  erp-sync:
-    instance: prod
-    client_id: erp-sync-client
-    client_secret: ${{ERP_SYNC_SECRET}}
-    scopes: [core.invoice.read, core.invoice.write]
-integrations:
-  - name: netsuite-bundle
-    api_key_sha256: {fp}
-    client: erp-sync
-token:
-  settle_delay: 0s
-audit:
-  path: {audit}
-{extra}"#,
-        fp = keybridge::keys::Fingerprint::of_key(KEY.as_bytes()),
-        audit = temp_path("audit.db").display(),
-    )
+    TestConfig::standard(base_url).merge(extra).yaml()
 }
 
 /// A fresh path under the system temp directory (the file is not created).
@@ -235,10 +220,12 @@ pub async fn closed_addr() -> SocketAddr {
 
 /// Points the `prod` instance's token endpoint at `token_base` (API stays at base_url).
 pub fn with_token_url(yaml: &str, token_base: &str) -> String {
-    yaml.replace(
-        "base_url:",
-        &format!("token_url: {token_base}/oauth2/token\n    base_url:"),
-    )
+    TestConfig::from_yaml(yaml)
+        .set(
+            "instances.prod.token_url",
+            format!("{token_base}/oauth2/token"),
+        )
+        .yaml()
 }
 
 /// Sends GETs back to back (10 ms apart) for `dur`, asserting every one succeeds;
