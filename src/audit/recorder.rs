@@ -199,10 +199,6 @@ impl Recorder {
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.enabled
-    }
-
     fn slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Slot>>> {
         self.integrations.read().unwrap_or_else(|p| p.into_inner())
     }

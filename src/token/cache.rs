@@ -474,18 +474,6 @@ impl TokenCache {
         }
     }
 
-    /// True once every client holds a settled, unexpired token.
-    pub async fn all_ready(&self) -> bool {
-        let now = Instant::now();
-        for name in self.inner.clients.keys() {
-            match self.inner.cache.get(&**name).await {
-                Some(slot) if matches!(slot.serving(now), Serving::Ready(_)) => {}
-                _ => return false,
-            }
-        }
-        true
-    }
-
     /// Readiness and fetch history per client, sorted by name.
     pub async fn status(&self) -> Vec<(Arc<str>, ClientReport)> {
         let now = Instant::now();
