@@ -14,8 +14,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::body::UpstreamBody;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::{BoxError, UpstreamBody};
 use crate::config::UpstreamSettings;
+use crate::proxy::Upstream;
 
 /// The pooled upstream client (one per proxy worker, one for token requests).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
@@ -26,6 +30,15 @@ pub enum TlsSetupError {
     CaFile { path: PathBuf, message: String },
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// The proxy's upstream: the pool itself, called without a clone per request.
+impl Upstream for HttpClient {
+    type Body = Incoming;
+
+    async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, BoxError> {
+        self.request(request).await.map_err(Into::into)
+    }
 }
 
 /// Builds the client. Fails only on a bad `ca_file`.

@@ -33,7 +33,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         let (parts, body) = req.into_parts();
         let out = Outbound::from_parts(parts, target, instance, self.peer);
         let request = out.into_request(credential, RequestBody::streaming(body).send_body());
-        let response = send(&self.upstream, &self.routes, request, instance).await?;
+        let response = send(&*self.upstream, &self.routes, request, instance).await?;
         Ok(pass_back(response))
     }
 
@@ -58,7 +58,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         if let (Some((method, target, headers)), Ok(response)) = (copy, &result) {
             let replay = Replay {
                 routes: Arc::clone(&self.routes),
-                upstream: self.upstream.clone(),
+                upstream: Arc::clone(&self.upstream),
                 caller: Arc::clone(&caller),
                 client: Arc::clone(client),
                 request: Outbound::new(method, target, headers, &client.instance, self.peer),
@@ -113,7 +113,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             Err(e) => return Handled::rejected(who(), ProxyError::ClientBody(e)),
         };
         let first = out.build(Credential::Bearer(token.authorization()), body.send_body());
-        let response = match send(&self.upstream, &self.routes, first, instance).await {
+        let response = match send(&*self.upstream, &self.routes, first, instance).await {
             Ok(response) => response,
             Err(e) => return Handled::new(who(), Outcome::Oauth, Err(e)),
         };
@@ -153,7 +153,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             }
         };
         let request = out.into_request(credential, body.send_body());
-        let result = send(&self.upstream, &self.routes, request, instance)
+        let result = send(&*self.upstream, &self.routes, request, instance)
             .await
             .map(pass_back);
         Handled {

@@ -25,7 +25,7 @@ use crate::routes::Routes;
 /// the caller's address. `B` is the caller's body type (hyper's `Incoming` but in tests).
 pub(super) struct Proxy<U, B> {
     pub(super) routes: Arc<Routes>,
-    pub(super) upstream: U,
+    pub(super) upstream: Arc<U>,
     pub(super) peer: SocketAddr,
     pub(super) body: PhantomData<fn(B)>,
 }

@@ -29,5 +29,5 @@ mod shadow;
 mod tests;
 pub mod uri;
 
-pub use send::Upstream;
+pub use send::{ServiceUpstream, Upstream};
 pub use service::ProxyService;

@@ -1,9 +1,9 @@
 //! The one place a request leaves for Coupa: within the response timeout, timed for the
 //! metrics, its failure blamed on whoever caused it.
 //!
-//! The upstream is any `tower::Service` from [`UpstreamBody`] requests to responses
-//! ([`Upstream`]): the per-worker pooled client in production, a `service_fn` in tests
-//! of the request path that need no socket.
+//! The upstream ([`Upstream`]) is the per-worker pooled client in production (called
+//! directly: no clone per request) or any `tower::Service` wrapped in
+//! [`ServiceUpstream`] — a `service_fn` in tests of the request path that need no socket.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use crate::routes::Routes;
 use hyper::body::Incoming;
 
 /// What the proxy forwards to, for caller bodies of type `B`.
-pub trait Upstream<B = Incoming>: Clone + Send + Sync + 'static {
+pub trait Upstream<B = Incoming>: Send + Sync + 'static {
     /// Coupa's response body, streamed back to the caller.
     type Body: Inbound;
     /// Sends one request.
@@ -28,7 +28,11 @@ pub trait Upstream<B = Incoming>: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Response<Self::Body>, BoxError>> + Send;
 }
 
-impl<S, B, RB> Upstream<B> for S
+/// Any tower service as an upstream (each send clones it and waits for readiness).
+#[derive(Clone)]
+pub struct ServiceUpstream<S>(pub S);
+
+impl<S, B, RB> Upstream<B> for ServiceUpstream<S>
 where
     S: tower::Service<Request<UpstreamBody<B>>, Response = Response<RB>>
         + Clone
@@ -43,7 +47,7 @@ where
     type Body = RB;
 
     async fn send(&self, request: Request<UpstreamBody<B>>) -> Result<Response<RB>, BoxError> {
-        self.clone().oneshot(request).await.map_err(Into::into)
+        self.0.clone().oneshot(request).await.map_err(Into::into)
     }
 }
 

@@ -23,15 +23,24 @@ use crate::body::{IdleTimeout, Inbound, ResponseBody};
 use crate::routes::Routes;
 
 /// The proxy service for one connection: the shared routes, this worker's upstream.
-#[derive(Clone)]
 pub struct ProxyService<U> {
     routes: Arc<ArcSwap<Routes>>,
-    upstream: U,
+    upstream: Arc<U>,
     peer: SocketAddr,
 }
 
+impl<U> Clone for ProxyService<U> {
+    fn clone(&self) -> Self {
+        ProxyService {
+            routes: Arc::clone(&self.routes),
+            upstream: Arc::clone(&self.upstream),
+            peer: self.peer,
+        }
+    }
+}
+
 impl<U> ProxyService<U> {
-    pub fn new(routes: Arc<ArcSwap<Routes>>, upstream: U, peer: SocketAddr) -> Self {
+    pub fn new(routes: Arc<ArcSwap<Routes>>, upstream: Arc<U>, peer: SocketAddr) -> Self {
         ProxyService {
             routes,
             upstream,
@@ -55,7 +64,7 @@ impl<B: Inbound, U: Upstream<B>> tower::Service<Request<B>> for ProxyService<U> 
         let req = req.map(|body| IdleTimeout::new(body, idle));
         let proxy = Proxy {
             routes,
-            upstream: self.upstream.clone(),
+            upstream: Arc::clone(&self.upstream),
             peer: self.peer,
             body: PhantomData,
         };

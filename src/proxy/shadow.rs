@@ -23,7 +23,7 @@ const DRAIN_LIMIT: usize = 1024 * 1024;
 
 pub(super) struct Replay<U> {
     pub routes: Arc<Routes>,
-    pub upstream: U,
+    pub upstream: Arc<U>,
     pub caller: Arc<Caller>,
     pub client: Arc<Client>,
     /// The original request, sanitized, without credential or body (GET/HEAD).
@@ -50,7 +50,8 @@ impl<U> Replay<U> {
         let request = self
             .request
             .into_request(Credential::Bearer(token.authorization()), body);
-        let oauth_status = match send(&self.upstream, &self.routes, request, &client.instance).await
+        let oauth_status = match send(&*self.upstream, &self.routes, request, &client.instance)
+            .await
         {
             Ok(response) => {
                 let status = response.status();

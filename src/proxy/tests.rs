@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt as _;
 
-use super::ProxyService;
+use super::{ProxyService, ServiceUpstream};
 use crate::audit::{Outcome, Recorder, Subject};
 use crate::body::{BoxError, UpstreamBody};
 use crate::config::Config;
@@ -63,29 +63,24 @@ type Seen = Arc<Mutex<Vec<Request<()>>>>;
 fn upstream(
     seen: &Seen,
     answer: Result<StatusCode, &'static str>,
-) -> impl tower::Service<
-    Request<UpstreamBody<Full<Bytes>>>,
-    Response = Response<Full<Bytes>>,
-    Error = BoxError,
-    Future = impl Send,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
+) -> Arc<impl super::Upstream<Full<Bytes>>> {
     let seen = Arc::clone(seen);
-    tower::service_fn(move |req: Request<UpstreamBody<Full<Bytes>>>| {
-        seen.lock().unwrap().push(req.map(|_| ()));
-        async move {
-            match answer {
-                Ok(status) => {
-                    let mut response = Response::new(Full::new(Bytes::from_static(b"{\"id\":1}")));
-                    *response.status_mut() = status;
-                    Ok(response)
+    Arc::new(ServiceUpstream(tower::service_fn(
+        move |req: Request<UpstreamBody<Full<Bytes>>>| {
+            seen.lock().unwrap().push(req.map(|_| ()));
+            async move {
+                match answer {
+                    Ok(status) => {
+                        let mut response =
+                            Response::new(Full::new(Bytes::from_static(b"{\"id\":1}")));
+                        *response.status_mut() = status;
+                        Ok(response)
+                    }
+                    Err(cause) => Err(BoxError::from(cause)),
                 }
-                Err(cause) => Err(BoxError::from(cause)),
             }
-        }
-    })
+        },
+    )))
 }
 
 fn peer() -> SocketAddr {

@@ -23,7 +23,7 @@ pub(super) struct Worker {
     /// Shared by all workers, swapped on reload.
     pub routes: Arc<ArcSwap<Routes>>,
     /// This worker's own pool.
-    pub upstream: HttpClient,
+    pub upstream: Arc<HttpClient>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub in_flight: stack::InFlight,
     pub settings: ServerSettings,
@@ -71,7 +71,7 @@ impl Worker {
                     let Some((std, peer, open)) = handoff else { break };
                     let Ok(stream) = TcpStream::from_std(std) else { continue };
                     let service = TowerToHyperService::new(stack::proxy_stack(
-                        ProxyService::new(Arc::clone(&self.routes), self.upstream.clone(), peer),
+                        ProxyService::new(Arc::clone(&self.routes), Arc::clone(&self.upstream), peer),
                         &self.in_flight,
                     ));
                     let tls = self.tls.clone().map(|a| (a, self.settings.header_read_timeout));
