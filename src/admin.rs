@@ -147,7 +147,15 @@ async fn readyz(core: &Core) -> Response<Full<Bytes>> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     };
-    json(status, &json!({"status": word, "clients": clients}))
+    // The audit is not the request path: a failing store is reported, not "not ready".
+    let audit = match core.audit.degraded() {
+        None => json!({"status": "ok"}),
+        Some(error) => json!({"status": "degraded", "last_error": error}),
+    };
+    json(
+        status,
+        &json!({"status": word, "clients": clients, "audit": audit}),
+    )
 }
 
 async fn tokens(core: &Core) -> Response<Full<Bytes>> {

@@ -44,6 +44,12 @@ pub struct Metrics {
     upstream_duration: Histogram,
     token_fetches: Family<FetchLabels, Counter>,
     token_expiry: Family<ClientLabels, Gauge>,
+    audit_failures: Family<OpLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
 }
 
 /// Pre-created request counters of one subject, one per [`Outcome`].
@@ -92,7 +98,14 @@ impl Metrics {
             "Unix time at which the client's current token expires",
             token_expiry.clone(),
         );
+        let audit_failures = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "keybridge_audit_failures",
+            "Audit store operations that failed (flush, read, sync_modes); the data stays in memory",
+            audit_failures.clone(),
+        );
         Metrics {
+            audit_failures,
             registry,
             requests,
             upstream_duration,
@@ -132,6 +145,10 @@ impl Metrics {
                 })
                 .set(t);
         }
+    }
+
+    pub fn audit_failed(&self, op: &'static str) {
+        self.audit_failures.get_or_create(&OpLabels { op }).inc();
     }
 
     /// The Prometheus text exposition.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::audit::{Audit, StoreError};
+use crate::audit::Audit;
 use crate::config::{Config, ConfigError, Env};
 use crate::cutover::RateLimiter;
 use crate::metrics::Metrics;
@@ -46,8 +46,6 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("client `{client}`: Coupa rejected the new credentials: {error}")]
     ClientRejected { client: Arc<str>, error: TokenError },
-    #[error(transparent)]
-    Audit(#[from] StoreError),
 }
 
 /// What a reload applied.
@@ -136,7 +134,7 @@ impl Core {
                 }
             }
         }
-        self.audit.adopt(&next).await?;
+        self.audit.adopt(&next);
         let next = Arc::new(next);
         // The shadow budget carries over unless its rate changed.
         let current = self.routes.load_full();

@@ -428,3 +428,66 @@ async fn a_reload_applies_a_new_shadow_rate() {
         "the new rate (1000/s) applies after the reload: {after} of 20 replayed"
     );
 }
+
+#[tokio::test]
+async fn a_reload_goes_through_while_the_audit_store_is_locked_and_readyz_says_so() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let audit = temp_path("audit.db");
+    let config = TestConfig::standard(&mock.base_url())
+        .set("audit.path", audit.display().to_string())
+        .set("audit.flush_interval", "500ms");
+    let (path, proxy) = start_from_file(&config.yaml()).await;
+
+    // Another process holds the SQLite file exclusively: every store call fails (busy).
+    let locker = rusqlite::Connection::open(&audit).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    // The operator denies the integration anyway: the reload applies at once.
+    std::fs::write(&path, config.set("integrations[0].mode", "deny").yaml()).unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = reload(proxy.admin_addr).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the new mode serves");
+
+    // The store's failure shows in /readyz (still ready: the audit is not the request
+    // path) and in the metrics, once SQLite's busy timeout (5 s) has run out.
+    let mut degraded = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, _, body) = get(proxy.admin_addr, "/readyz", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        degraded = json(&body)["audit"].clone();
+        if degraded["status"] == "degraded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    let (_, _, metrics) = get(proxy.admin_addr, "/metrics", &[]).await;
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("keybridge_audit_failures_total{op=\"sync_modes\"} 1")
+    );
+
+    // Once the lock is gone the modes are recorded and the audit is healthy again.
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    for _ in 0..150 {
+        let (_, _, body) = get(proxy.admin_addr, "/readyz", &[]).await;
+        if json(&body)["audit"]["status"] == "ok" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the audit never recovered");
+}

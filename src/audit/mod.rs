@@ -20,6 +20,7 @@ pub use recorder::{Event, Recorder, Slot, Subject, unix_now};
 pub use store::{AuditStore, Snapshot, StoreError};
 
 use crate::config::{AuditSettings, Config, Mode};
+use crate::metrics::Metrics;
 use report::AuditReport;
 
 /// Opens (creating and migrating if needed) the store `settings` name.
@@ -38,17 +39,27 @@ fn modes(config: &Config) -> Vec<(Arc<str>, Mode)> {
 }
 
 /// The recorder and its store, with the flushing between them.
+///
+/// The store is never on the request path and never blocks a reload: a failing store
+/// degrades the audit (logged, counted in `keybridge_audit_failures`, shown by
+/// `/readyz`) while requests and reloads go on, and what it could not write stays in
+/// memory for the next flush.
 pub struct Audit {
     pub recorder: Arc<Recorder>,
     store: Option<Arc<dyn AuditStore>>,
     max_unknown_keys: usize,
+    metrics: Arc<Metrics>,
+    /// The last store error, until a store call succeeds again.
+    degraded: std::sync::Mutex<Option<String>>,
+    /// The configured modes, recorded in the store in the background (latest wins).
+    modes: tokio::sync::watch::Sender<Vec<(Arc<str>, Mode)>>,
     /// Serialises flushes (background, on demand, at shutdown).
     flushing: tokio::sync::Mutex<()>,
 }
 
 impl Audit {
     /// Opens the store (if the audit is enabled) and records the configured modes.
-    pub async fn open(config: &Config) -> Result<Audit, StoreError> {
+    pub async fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Audit, StoreError> {
         let settings = &config.audit;
         let recorder = Arc::new(Recorder::new(
             settings.enabled,
@@ -66,18 +77,53 @@ impl Audit {
             recorder,
             store,
             max_unknown_keys: settings.max_unknown_keys,
+            metrics,
+            degraded: std::sync::Mutex::new(None),
+            modes: tokio::sync::watch::Sender::new(modes(config)),
             flushing: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// After a reload: slots for new integrations, modes recorded (mode_since restarts
-    /// for integrations whose mode changed).
-    pub async fn adopt(&self, config: &Config) -> Result<(), StoreError> {
+    /// The last store error while the store keeps failing; `None` when healthy.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Notes the outcome of a store call.
+    fn note<T>(&self, op: &'static str, result: &Result<T, StoreError>) {
+        let mut degraded = self.degraded.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => *degraded = None,
+            Err(e) => {
+                self.metrics.audit_failed(op);
+                *degraded = Some(format!("{op}: {e}"));
+            }
+        }
+    }
+
+    /// After a reload: slots for new integrations (at once), and the new modes handed to
+    /// the background task that records them (mode_since restarts for integrations whose
+    /// mode changed) — so a slow or failing store never holds a reload up.
+    pub fn adopt(&self, config: &Config) {
         self.recorder
             .ensure_slots(config.integrations.iter().map(|i| &i.name));
-        match &self.store {
-            Some(store) => store.sync_modes(modes(config), unix_now()).await,
-            None => Ok(()),
+        self.modes.send_replace(modes(config));
+    }
+
+    /// Records the latest modes; false if the store refused (retried later).
+    async fn sync_modes(&self, store: &Arc<dyn AuditStore>) -> bool {
+        let modes = self.modes.borrow().clone();
+        let result = store.sync_modes(modes, unix_now()).await;
+        self.note("sync_modes", &result);
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "audit: could not record the configured modes; will retry");
+                false
+            }
         }
     }
 
@@ -95,10 +141,11 @@ impl Audit {
         let subjects = batch.len();
         let started = std::time::Instant::now();
         let batch = Arc::new(batch);
-        match store
+        let result = store
             .apply(Arc::clone(&batch), unix_now(), self.max_unknown_keys)
-            .await
-        {
+            .await;
+        self.note("flush", &result);
+        match result {
             Ok(()) => {
                 tracing::debug!(
                     subjects,
@@ -119,7 +166,11 @@ impl Audit {
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.flush().await?;
         match &self.store {
-            Some(store) => store.snapshot().await,
+            Some(store) => {
+                let result = store.snapshot().await;
+                self.note("read", &result);
+                result
+            }
             None => Ok(Snapshot::default()),
         }
     }
@@ -130,20 +181,39 @@ impl Audit {
         Ok(report::build(&snapshot, config, unix_now()))
     }
 
-    /// Flushes every `interval` until the returned task is aborted.
+    /// Until the returned task is aborted: flushes every `interval`, and records the
+    /// configured modes whenever a reload changed them (retrying each `interval` while
+    /// the store refuses).
     pub fn spawn_flusher(
         self: &Arc<Self>,
         interval: std::time::Duration,
     ) -> tokio::task::JoinHandle<()> {
         let audit = Arc::clone(self);
+        let mut modes = self.modes.subscribe();
         tokio::spawn(async move {
+            let Some(store) = audit.store.clone() else {
+                return;
+            };
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut modes_pending = false;
             loop {
-                tick.tick().await;
-                if let Err(e) = audit.flush().await {
-                    tracing::error!(error = %e, "audit flush failed; will retry");
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if modes_pending {
+                            modes_pending = !audit.sync_modes(&store).await;
+                        }
+                        if let Err(e) = audit.flush().await {
+                            tracing::error!(error = %e, "audit flush failed; will retry");
+                        }
+                    }
+                    changed = modes.changed() => {
+                        if changed.is_err() {
+                            return; // the audit is gone
+                        }
+                        modes_pending = !audit.sync_modes(&store).await;
+                    }
                 }
             }
         })

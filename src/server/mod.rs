@@ -120,7 +120,7 @@ pub async fn start_with_file(
         config.token.clone(),
         Arc::clone(&metrics),
     );
-    let audit = Arc::new(Audit::open(&config).await?);
+    let audit = Arc::new(Audit::open(&config, Arc::clone(&metrics)).await?);
     let tls = crate::tls::acceptor(config.tls.as_ref())?;
     let core = Arc::new(Core::new(
         Arc::clone(&config),
