@@ -334,3 +334,39 @@ fn raw_keys_are_hashed_at_load_and_never_kept() {
         None
     );
 }
+
+/// Finding 7 of the hostile-traffic review: a huge duration made `check` panic, or
+/// passed it and panicked later (on every request, on a paused upload, in the pool).
+#[test]
+fn an_absurd_duration_in_any_field_is_named_and_never_panics() {
+    let fields = [
+        "token.settle_delay",
+        "token.refresh_before_expiry",
+        "token.request_timeout",
+        "token.max_retry_backoff",
+        "upstream.connect_timeout",
+        "upstream.response_timeout",
+        "upstream.pool_idle_timeout",
+        "server.header_read_timeout",
+        "server.shutdown_grace",
+        "server.body_read_timeout",
+        "audit.flush_interval",
+        "audit.ready_after",
+    ];
+    let base = support::TestConfig::from_yaml(&valid());
+    for field in fields {
+        for absurd in ["18446744073709551615s", "0s"] {
+            let out = check(&base.clone().set(field, absurd).yaml());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if absurd == "0s" && out.status.success() {
+                continue; // zero is in range for a few (settle_delay, shutdown_grace)
+            }
+            assert_eq!(out.status.code(), Some(1), "{field}={absurd}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{field}: must be between")),
+                "{field}={absurd}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{field}={absurd}: {stderr}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Any bytes as a config file: a value or a clear error, never a panic, and an error
-//! never quotes the client secret it was given.
+//! never quotes the client secret it was given. Every duration an accepted config holds
+//! can be added to the clock (timers built from it cannot overflow).
 #![no_main]
 
 use std::collections::HashMap;
@@ -17,6 +18,24 @@ fuzz_target!(|data: &[u8]| {
     match keybridge::config::Config::from_yaml(text, Path::new("."), &env) {
         Ok(config) => {
             assert!(!format!("{config:?}").contains(SECRET), "Debug shows a secret");
+            let now = std::time::Instant::now();
+            let (t, u, s, a) = (&config.token, &config.upstream, &config.server, &config.audit);
+            for d in [
+                t.settle_delay,
+                t.refresh_before_expiry,
+                t.request_timeout,
+                t.max_retry_backoff,
+                u.connect_timeout,
+                u.response_timeout,
+                u.pool_idle_timeout,
+                s.header_read_timeout,
+                s.shutdown_grace,
+                s.body_read_timeout,
+                a.flush_interval,
+                a.ready_after,
+            ] {
+                assert!(now.checked_add(d * 4).is_some(), "{d:?} accepted but unusable");
+            }
         }
         Err(e) => {
             let shown = format!("{e:#}");

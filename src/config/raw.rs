@@ -237,12 +237,12 @@ pub struct AuditSettings {
     pub enabled: bool,
     /// `keybridge-audit.db`: the SQLite file, relative to the working directory.
     pub path: PathBuf,
-    /// `10s`: aggregates are written this often (a crash loses at most this much;
-    /// shutdown flushes).
+    /// `10s` (100ms–1h): aggregates are written this often (a crash loses at most this
+    /// much; shutdown flushes).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// `7d`: on `oauth` with no key-based request or fallback for this long → "ready to
-    /// disable the key in Coupa".
+    /// `7d` (1s–3650d): on `oauth` with no key-based request or fallback for this long →
+    /// "ready to disable the key in Coupa".
     #[serde(with = "humantime_serde")]
     pub ready_after: Duration,
     /// `1000` distinct unknown-key fingerprints tracked; more are counted together.
@@ -275,18 +275,18 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenSettings {
-    /// `5s`, at most `60s`: a new token is not handed out before it is this old (Coupa may
-    /// reject fresh tokens; it advises at least 5 s).
+    /// `5s` (0s–60s): a new token is not handed out before it is this old (Coupa may
+    /// reject fresh tokens; it advises at least 5 s, and `0s` suits only test instances).
     #[serde(with = "humantime_serde")]
     pub settle_delay: Duration,
-    /// `4h`: refresh when this much life is left (24 h tokens → every 20 h, as Coupa
-    /// advises); at most half the lifetime, at least `settle_delay` + 30 s.
+    /// `4h` (30s–24h, and at least `settle_delay` + 30 s): refresh when this much life is
+    /// left (24 h tokens → every 20 h, as Coupa advises); at most half the lifetime.
     #[serde(with = "humantime_serde")]
     pub refresh_before_expiry: Duration,
-    /// `10s` per token request.
+    /// `10s` (1ms–5min) per token request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// `60s`: cap of the jittered exponential backoff after failed fetches.
+    /// `60s` (1s–1h): cap of the jittered exponential backoff after failed fetches.
     #[serde(with = "humantime_serde")]
     pub max_retry_backoff: Duration,
 }
@@ -306,14 +306,14 @@ impl Default for TokenSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSettings {
-    /// `5s` for TCP connect and TLS handshake.
+    /// `5s` (1ms–5min) for TCP connect and TLS handshake.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// `120s` from the start of the request (upload included) until Coupa's response
-    /// headers; then `504`. Raise it for very large uploads over slow links.
+    /// `120s` (1ms–24h) from the start of the request (upload included) until Coupa's
+    /// response headers; then `504`. Raise it for very large uploads over slow links.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
-    /// `90s`: idle pooled connections are closed after this long.
+    /// `90s` (1s–1h): idle pooled connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     /// `256` idle pooled connections kept per instance and worker.
@@ -339,10 +339,10 @@ impl Default for UpstreamSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
-    /// `30s` for a caller to send its complete request head.
+    /// `30s` (1ms–10min) for a caller to send its complete request head.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// `30s` for in-flight requests to finish after SIGTERM/SIGINT.
+    /// `30s` (0s–1h) for in-flight requests to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// `true`: one JSON line per request on the `keybridge::access` log target.
@@ -355,8 +355,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// `4096` requests being proxied at once; beyond it `503 overloaded`.
     pub max_in_flight: usize,
-    /// `30s`: a request body that sends nothing this long is abandoned (408; Coupa never
-    /// gets a complete request).
+    /// `30s` (1ms–1h): a request body that sends nothing this long is abandoned (408;
+    /// Coupa never gets a complete request).
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
 }

@@ -114,31 +114,7 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
     if raw.instances.is_empty() {
         v.error("instances", "define at least one Coupa instance");
     }
-    let token = &raw.token;
-    if token.settle_delay > Duration::from_secs(60) {
-        v.error("token.settle_delay", "must be at most 60s");
-    }
-    if token.refresh_before_expiry < token.settle_delay + Duration::from_secs(30) {
-        v.error(
-            "token.refresh_before_expiry",
-            "must be at least settle_delay + 30s, or a refreshed token could not settle before the old one expires",
-        );
-    }
-    if token.request_timeout.is_zero() {
-        v.error("token.request_timeout", "must be greater than 0");
-    }
-    if token.max_retry_backoff < Duration::from_secs(1) {
-        v.error("token.max_retry_backoff", "must be at least 1s");
-    }
-    for (field, d) in [
-        ("upstream.connect_timeout", raw.upstream.connect_timeout),
-        ("upstream.response_timeout", raw.upstream.response_timeout),
-        ("server.header_read_timeout", raw.server.header_read_timeout),
-    ] {
-        if d.is_zero() {
-            v.error(field, "must be greater than 0");
-        }
-    }
+    durations(raw, v);
     if secrets
         && raw
             .admin_token
@@ -159,8 +135,68 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
     if raw.cutover.shadow_max_per_second == 0 {
         v.error("cutover.shadow_max_per_second", "must be at least 1");
     }
-    if raw.audit.flush_interval < Duration::from_millis(100) {
-        v.error("audit.flush_interval", "must be at least 100ms");
+}
+
+/// Every duration setting with its range (inclusive), so no duration arithmetic later
+/// can overflow and no timer can be set past what tokio or hyper accept.
+fn durations(raw: &RawConfig, v: &mut Findings) {
+    const MS: Duration = Duration::from_millis(1);
+    const S: Duration = Duration::from_secs(1);
+    const MIN: Duration = Duration::from_secs(60);
+    const H: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let (t, u, srv, a) = (&raw.token, &raw.upstream, &raw.server, &raw.audit);
+    let ranges: [(&str, Duration, Duration, Duration); 12] = [
+        ("token.settle_delay", t.settle_delay, Duration::ZERO, MIN),
+        (
+            "token.refresh_before_expiry",
+            t.refresh_before_expiry,
+            30 * S,
+            DAY,
+        ),
+        ("token.request_timeout", t.request_timeout, MS, 5 * MIN),
+        ("token.max_retry_backoff", t.max_retry_backoff, S, H),
+        ("upstream.connect_timeout", u.connect_timeout, MS, 5 * MIN),
+        ("upstream.response_timeout", u.response_timeout, MS, DAY),
+        ("upstream.pool_idle_timeout", u.pool_idle_timeout, S, H),
+        (
+            "server.header_read_timeout",
+            srv.header_read_timeout,
+            MS,
+            10 * MIN,
+        ),
+        (
+            "server.shutdown_grace",
+            srv.shutdown_grace,
+            Duration::ZERO,
+            H,
+        ),
+        ("server.body_read_timeout", srv.body_read_timeout, MS, H),
+        ("audit.flush_interval", a.flush_interval, 100 * MS, H),
+        ("audit.ready_after", a.ready_after, S, 3650 * DAY),
+    ];
+    let mut in_range = true;
+    for (field, value, min, max) in ranges {
+        if value < min || value > max {
+            in_range = false;
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            v.error(
+                field,
+                format!(
+                    "must be between {} and {} (got {})",
+                    show(min),
+                    show(max),
+                    show(value)
+                ),
+            );
+        }
+    }
+    // Both are in range here, so the sum cannot overflow.
+    if in_range && t.refresh_before_expiry < t.settle_delay + 30 * S {
+        v.error(
+            "token.refresh_before_expiry",
+            "must be at least settle_delay + 30s, or a refreshed token could not settle before the old one expires",
+        );
     }
 }
 
