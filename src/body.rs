@@ -1,7 +1,8 @@
 //! Request and response body types, in one leaf module both the proxy and the upstream
 //! client use (it imports neither).
 //!
-//! - [`CallerBody`]: what a caller sends, aborted if it stalls ([`IdleTimeout`]).
+//! - [`CallerBody`]: what a caller sends, aborted if it stalls, its trailers dropped
+//!   ([`IdleTimeout`]).
 //! - [`UpstreamBody`]: what goes to Coupa: the caller's body streamed, or one we hold.
 //! - [`ResponseBody`]: what goes back: Coupa's body streamed, or our own JSON error.
 //! - [`RequestBody`]: a caller body, buffered when a retry may need to send it again.
@@ -119,25 +120,31 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                if let Some(sleep) = this.sleep.as_mut() {
-                    sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.timeout);
-                }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => break,
+            };
+            if let Some(sleep) = this.sleep.as_mut() {
+                sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + this.timeout);
             }
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(timeout))))),
-                    Poll::Pending => Poll::Pending,
-                }
+            match frame {
+                // A caller's trailers never go upstream: they could carry a key or a
+                // second Authorization after our bearer (nothing in Coupa's API uses them).
+                Some(Ok(frame)) if frame.is_trailers() => continue,
+                frame => return Poll::Ready(frame.map(|f| f.map_err(Into::into))),
             }
+        }
+        // Nothing yet: the idle timer runs (created on the first wait only).
+        let timeout = this.timeout;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(timeout))))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -147,5 +154,29 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_callers_trailers_are_dropped_and_its_data_kept() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-coupa-api-key", "k".parse().unwrap());
+        let body =
+            Full::new(Bytes::from_static(b"data")).with_trailers(std::future::ready(Some(Ok::<
+                _,
+                std::convert::Infallible,
+            >(
+                trailers,
+            ))));
+        let collected = IdleTimeout::new(body, Duration::from_secs(5))
+            .collect()
+            .await
+            .unwrap();
+        assert!(collected.trailers().is_none());
+        assert_eq!(&collected.to_bytes()[..], b"data");
     }
 }

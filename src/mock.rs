@@ -178,6 +178,8 @@ pub struct RecordedRequest {
     /// SHA-256 of the body the mock answered with.
     pub response_sha256: String,
     pub auth: MockAuth,
+    /// Trailers that came after the body, if any.
+    pub trailers: Option<HeaderMap>,
 }
 
 /// How a recorded request authenticated.
@@ -411,7 +413,7 @@ impl State {
         let (parts, body) = req.into_parts();
         // Like Coupa, act only on complete requests: a body cut short (caller stalled,
         // proxy gave up) is neither recorded nor processed.
-        let Ok(body) = read_body(body, 512 * 1024 * 1024).await else {
+        let Ok((body, trailers)) = read_body_and_trailers(body, 512 * 1024 * 1024).await else {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &json!({"errors": {"request": ["incomplete request body"]}}),
@@ -476,6 +478,7 @@ impl State {
             status: status.as_u16(),
             response_sha256: hex::encode(Sha256::digest(&response_body)),
             auth,
+            trailers,
         });
         let mut response = Response::new(Full::new(response_body));
         *response.status_mut() = status;
@@ -559,7 +562,16 @@ async fn read_body(
     body: Incoming,
     limit: usize,
 ) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(Limited::new(body, limit).collect().await?.to_bytes())
+    Ok(read_body_and_trailers(body, limit).await?.0)
+}
+
+async fn read_body_and_trailers(
+    body: Incoming,
+    limit: usize,
+) -> Result<(Bytes, Option<HeaderMap>), Box<dyn std::error::Error + Send + Sync>> {
+    let collected = Limited::new(body, limit).collect().await?;
+    let trailers = collected.trailers().cloned();
+    Ok((collected.to_bytes(), trailers))
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Full<Bytes>> {

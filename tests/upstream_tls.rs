@@ -147,3 +147,53 @@ async fn a_trusted_private_ca_works_over_h2_and_a_name_mismatch_fails() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(mock.api_hits(), 1, "nothing more reached Coupa");
 }
+
+/// Finding 6 of the hostile-traffic review: an HTTP/2 caller's trailers reached an
+/// HTTP/2 Coupa after the bearer, carrying a key and a second Authorization.
+#[tokio::test]
+async fn a_callers_trailers_never_reach_an_http2_coupa() {
+    use http_body_util::BodyExt as _;
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let front = tls_front("127.0.0.1:0", mock.addr).await;
+    let proxy = start_proxy(&yaml_for(
+        &mock.base_url(),
+        &format!("https://{front}"),
+        Some(&fixture("ca.pem")),
+    ))
+    .await;
+    wait_ready(proxy.admin_addr).await;
+
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-coupa-api-key", KEY.parse().unwrap());
+    trailers.insert("authorization", "Basic ZXZpbDpldmls".parse().unwrap());
+    trailers.insert("x-note", "harmless".parse().unwrap());
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"{\"a\":1}")).with_trailers(
+        std::future::ready(Some(Ok::<_, std::convert::Infallible>(trailers))),
+    );
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = http::Request::post(format!("http://{}/api/invoices", proxy.proxy_addr))
+        .header("x-coupa-api-key", KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = response.into_body().collect().await.unwrap();
+
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, http::Version::HTTP_2, "Coupa spoke h2");
+    assert_eq!(
+        &seen[0].body_sha256,
+        &sha256_hex(b"{\"a\":1}"),
+        "the body arrived"
+    );
+    assert!(matches!(seen[0].auth, MockAuth::Bearer { .. }));
+    assert!(
+        seen[0].trailers.is_none(),
+        "trailers: {:?}",
+        seen[0].trailers
+    );
+}
