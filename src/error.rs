@@ -37,6 +37,8 @@ pub enum ProxyError {
     MissingApiKey,
     #[error("request has more than one X-COUPA-API-KEY header")]
     AmbiguousApiKey,
+    #[error("the X-COUPA-API-KEY header is empty or has control characters")]
+    MalformedApiKey,
     #[error("API key {fingerprint} is not configured")]
     UnknownApiKey { fingerprint: String },
     #[error("callers sending their own bearer token are not accepted (bearer_requests: reject)")]
@@ -89,6 +91,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingApiKey
             | ProxyError::AmbiguousApiKey
+            | ProxyError::MalformedApiKey
             | ProxyError::UnknownApiKey { .. }
             | ProxyError::BearerRejected
             | ProxyError::Denied { .. }
@@ -110,6 +113,7 @@ impl ProxyError {
             | ProxyError::UnknownApiKey { .. }
             | ProxyError::BearerRejected => StatusCode::UNAUTHORIZED,
             ProxyError::AmbiguousApiKey
+            | ProxyError::MalformedApiKey
             | ProxyError::ClientBody(_)
             | ProxyError::UpgradeRefused => StatusCode::BAD_REQUEST,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
@@ -134,6 +138,10 @@ impl ProxyError {
             ProxyError::AmbiguousApiKey => (
                 "ambiguous_api_key",
                 "send exactly one X-COUPA-API-KEY header".into(),
+            ),
+            ProxyError::MalformedApiKey => (
+                "malformed_api_key",
+                "the X-COUPA-API-KEY header must be the key itself: no control characters".into(),
             ),
             ProxyError::UnknownApiKey { fingerprint } => (
                 "unknown_api_key",

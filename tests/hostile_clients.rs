@@ -467,3 +467,59 @@ async fn an_http2_rapid_reset_flood_does_bounded_work_and_others_are_still_serve
         "most cancelled requests are dropped before Coupa: {hits} of {sent}"
     );
 }
+
+/// Finding 5 of the hostile-traffic review: over HTTP/2 a key with surrounding
+/// whitespace hashed as an unknown key, and `unknown_keys: observe` forwarded it — Coupa
+/// trims and accepts it, so a denied integration was served and never audited.
+#[tokio::test]
+async fn a_denied_key_with_surrounding_whitespace_is_still_denied_over_h1_and_h2() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set("integrations[0].mode", "deny")
+        .set("unknown_keys", "observe")
+        .yaml();
+    let proxy = start_proxy(&yaml).await;
+    wait_ready(proxy.admin_addr).await;
+    let padded = [format!("{KEY} "), format!(" {KEY}"), format!("\t{KEY}\t")];
+
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for key in &padded {
+        let request = http::Request::get(format!("http://{}/api/invoices", proxy.proxy_addr))
+            .header("x-coupa-api-key", key.as_str())
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let response = h2.request(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "h2 {key:?}");
+    }
+    for key in &padded {
+        let raw = raw_exchange(
+            proxy.proxy_addr,
+            format!("GET /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {key}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.1 403"), "h1 {key:?}: {raw}");
+    }
+    // A key with a control character inside is refused outright.
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", &format!("{}\t{}", &KEY[..8], &KEY[8..]))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("malformed_api_key"));
+
+    assert_eq!(mock.api_hits(), 0, "nothing reached Coupa");
+    let (_, _, body) = get(proxy.admin_addr, "/audit", &[]).await;
+    let audit = json(&body);
+    let denied = &audit["integrations"][0];
+    assert_eq!(denied["name"], "netsuite-bundle");
+    assert_eq!(
+        denied["requests"]["denied"], 6,
+        "every attempt is the integration's"
+    );
+    assert!(audit["unknown_keys"].as_array().unwrap().is_empty());
+}

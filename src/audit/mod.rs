@@ -6,7 +6,7 @@
 //! embedded one) every `flush_interval`; [`report`] turns a store's [`Snapshot`] into
 //! the per-integration view shown by `keybridge audit`, `GET /audit` and the dashboard.
 
-mod outcome;
+pub(crate) mod outcome;
 pub(crate) mod recorder;
 pub(crate) mod report;
 mod sqlite;

@@ -34,7 +34,10 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             (Some(_), Some(_)) => {
                 return Handled::rejected(Who::Anonymous, ProxyError::AmbiguousApiKey);
             }
-            (Some(key), None) => key.clone(),
+            (Some(key), None) => match normalise_key(key) {
+                Ok(key) => key,
+                Err(e) => return Handled::rejected(Who::Anonymous, e),
+            },
             (None, _) => return self.without_key(req, target).await,
         };
         let (fingerprint, caller) = self.routes.caller(key.as_bytes());
@@ -119,6 +122,39 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                     fingerprint: fp.short(),
                 },
             ),
+        }
+    }
+}
+
+/// The key as Coupa would read it: surrounding spaces and tabs trimmed (HTTP/1 parsers
+/// drop them, HTTP/2 keeps them — a denied key with a trailing space must still be the
+/// denied key), control characters refused. What is hashed is what is forwarded.
+fn normalise_key(raw: &HeaderValue) -> Result<HeaderValue, ProxyError> {
+    let bytes = raw.as_bytes();
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() || trimmed.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(ProxyError::MalformedApiKey);
+    }
+    if trimmed.len() == bytes.len() {
+        return Ok(raw.clone());
+    }
+    HeaderValue::from_bytes(trimmed).map_err(|_| ProxyError::MalformedApiKey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_trimmed_and_control_characters_refused() {
+        let v = |s: &[u8]| HeaderValue::from_bytes(s).unwrap();
+        assert_eq!(normalise_key(&v(b"abc")).unwrap(), "abc");
+        for padded in [&b"abc "[..], b" abc", b"\tabc\t", b"  abc \t "] {
+            assert_eq!(normalise_key(&v(padded)).unwrap(), "abc", "{padded:?}");
+        }
+        // HeaderValue already refuses other control bytes; an inner tab is what remains.
+        for bad in [&b""[..], b"   ", b"a\tc", b" a\tc "] {
+            assert!(normalise_key(&v(bad)).is_err(), "{bad:?}");
         }
     }
 }
