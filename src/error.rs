@@ -53,6 +53,10 @@ pub enum ProxyError {
     MethodNotAllowed(http::Method),
     #[error("protocol upgrades are not supported by this proxy")]
     UpgradeRefused,
+    #[error("path has dot, backslash or empty segments")]
+    UnsafePath,
+    #[error("path is outside forwarding.path_prefixes")]
+    PathNotForwarded,
     #[error("no token for client `{client}`")]
     Token {
         client: Arc<str>,
@@ -98,7 +102,9 @@ impl ProxyError {
             | ProxyError::ClientBodyTimeout
             | ProxyError::ClientBody(_)
             | ProxyError::MethodNotAllowed(_)
-            | ProxyError::UpgradeRefused => Fault::Caller,
+            | ProxyError::UpgradeRefused
+            | ProxyError::UnsafePath
+            | ProxyError::PathNotForwarded => Fault::Caller,
             ProxyError::Token { .. } => Fault::TokenEndpoint,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamBadFraming { .. }
@@ -115,7 +121,9 @@ impl ProxyError {
             ProxyError::AmbiguousApiKey
             | ProxyError::MalformedApiKey
             | ProxyError::ClientBody(_)
-            | ProxyError::UpgradeRefused => StatusCode::BAD_REQUEST,
+            | ProxyError::UpgradeRefused
+            | ProxyError::UnsafePath => StatusCode::BAD_REQUEST,
+            ProxyError::PathNotForwarded => StatusCode::NOT_FOUND,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -171,6 +179,14 @@ impl ProxyError {
             ProxyError::UpgradeRefused => (
                 "upgrade_refused",
                 "protocol upgrades (Upgrade, h2c) are not supported".into(),
+            ),
+            ProxyError::UnsafePath => (
+                "unsafe_path",
+                "paths with `.`/`..` segments (raw or percent-encoded), backslashes or empty segments are not forwarded".into(),
+            ),
+            ProxyError::PathNotForwarded => (
+                "path_not_forwarded",
+                "only Coupa API paths are forwarded (forwarding.path_prefixes, default /api/)".into(),
             ),
             ProxyError::Token { client, source } => (
                 "token_unavailable",

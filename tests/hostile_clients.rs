@@ -523,3 +523,50 @@ async fn a_denied_key_with_surrounding_whitespace_is_still_denied_over_h1_and_h2
     );
     assert!(audit["unknown_keys"].as_array().unwrap().is_empty());
 }
+
+/// Finding 8 of the hostile-traffic review: TRACE (and OPTIONS, PROPFIND, …) went to
+/// Coupa with the injected bearer — an echoing upstream hands the caller a live token —
+/// and nothing kept the bearer off paths outside the API (`/oauth2/…`, `/api/../…`).
+#[tokio::test]
+async fn trace_odd_methods_and_paths_outside_the_api_never_carry_a_credential() {
+    let (mock, proxy) = start_pair(mock(), "").await;
+    for method in ["TRACE", "OPTIONS", "PROPFIND", "FOO"] {
+        let raw = raw_exchange(
+            proxy.proxy_addr,
+            format!("{method} /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.1 405"), "{method}: {raw}");
+        assert!(raw.contains("method_not_allowed"), "{method}: {raw}");
+    }
+    let cases = [
+        ("/oauth2/token", "404", "path_not_forwarded"),
+        ("/", "404", "path_not_forwarded"),
+        ("/api/../oauth2/token", "400", "unsafe_path"),
+        ("/api/%2e%2e/oauth2/token", "400", "unsafe_path"),
+        ("/api/.%2E/oauth2/token", "400", "unsafe_path"),
+        ("/api//invoices", "400", "unsafe_path"),
+        ("/api/invoices%5c..%5cusers", "400", "unsafe_path"),
+    ];
+    for (path, status, code) in cases {
+        let raw = raw_exchange(
+            proxy.proxy_addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(
+            raw.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {raw}"
+        );
+        assert!(raw.contains(code), "{path}: {raw}");
+    }
+    assert_eq!(mock.api_hits(), 0, "nothing reached Coupa");
+    // The API itself still works.
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}

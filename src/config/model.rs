@@ -33,6 +33,7 @@ pub struct Config {
     pub bearer_requests: BearerRequests,
     /// Where unknown keys (in `observe`) and native bearer requests go.
     pub default_instance: Option<Arc<Instance>>,
+    pub forwarding: Forwarding,
     pub cutover: CutoverSettings,
     pub audit: AuditSettings,
     /// TLS on the proxy listener (paths resolved against the config file's directory).
@@ -44,6 +45,14 @@ pub struct Config {
     pub server: ServerSettings,
     /// Things that are allowed but probably unintended (logged at start-up).
     pub warnings: Vec<String>,
+}
+
+/// What may be forwarded: checked for every request before a credential is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarding {
+    pub methods: Vec<http::Method>,
+    /// Each starts with `/` and has no dot or empty segment.
+    pub path_prefixes: Vec<String>,
 }
 
 /// A Coupa instance: where API calls and token requests go.

@@ -44,6 +44,8 @@ pub(super) struct RawConfig {
     /// is one.
     pub default_instance: Option<String>,
     #[serde(default)]
+    pub forwarding: RawForwarding,
+    #[serde(default)]
     pub cutover: CutoverSettings,
     #[serde(default)]
     pub audit: AuditSettings,
@@ -124,6 +126,31 @@ pub(super) struct RawIntegration {
     pub shadow_percent: Option<u8>,
     /// `canary` only, 0–100, required there: share of requests sent with OAuth.
     pub canary_percent: Option<u8>,
+}
+
+/// What keybridge forwards at all; everything else is refused before any credential is
+/// attached.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawForwarding {
+    /// Methods forwarded (default `GET`, `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE`: what
+    /// Coupa's API uses); others get `405`. `TRACE` and `CONNECT` are never forwarded.
+    pub methods: Vec<String>,
+    /// Path prefixes forwarded (default `/api/`); other paths get `404` so no credential
+    /// reaches Coupa's `/oauth2/…` or web pages. Paths with dot segments (`..`, `%2e%2e`),
+    /// backslashes or empty segments are always refused (`400`).
+    pub path_prefixes: Vec<String>,
+}
+
+impl Default for RawForwarding {
+    fn default() -> Self {
+        RawForwarding {
+            methods: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+                .map(str::to_owned)
+                .to_vec(),
+            path_prefixes: vec!["/api/".to_owned()],
+        }
+    }
 }
 
 /// An integration's migration stage.

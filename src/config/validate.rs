@@ -12,10 +12,10 @@ use std::time::Duration;
 use http::uri::Scheme;
 
 use super::error::{ConfigError, FieldError};
-use super::model::{Client, Config, Instance, Integration, Percent, Plan};
+use super::model::{Client, Config, Forwarding, Instance, Integration, Percent, Plan};
 use super::raw::{
-    BearerRequests, Mode, RawClient, RawConfig, RawInstance, RawIntegration, TlsSettings,
-    UnknownKeys,
+    BearerRequests, Mode, RawClient, RawConfig, RawForwarding, RawInstance, RawIntegration,
+    TlsSettings, UnknownKeys,
 };
 use super::secret::Secret;
 use super::values::{is_loopback, list, parse_http_url};
@@ -79,6 +79,7 @@ pub(super) fn validate(
     if let Some(tls) = &raw.tls {
         tls_files(tls, base_dir, &mut v);
     }
+    let forwarding = forwarding(&raw.forwarding, &mut v);
 
     if !v.errors.is_empty() {
         return Err(ConfigError::Invalid(v.errors));
@@ -92,6 +93,7 @@ pub(super) fn validate(
         unknown_keys: raw.unknown_keys,
         bearer_requests: raw.bearer_requests,
         default_instance,
+        forwarding,
         cutover: raw.cutover,
         audit: raw.audit,
         tls: raw.tls.map(|t| TlsSettings {
@@ -661,6 +663,51 @@ fn default_instance(
         }
     }
     found
+}
+
+/// Methods as `http::Method`s (never TRACE or CONNECT); prefixes that are clean paths.
+fn forwarding(raw: &RawForwarding, v: &mut Findings) -> Forwarding {
+    let mut methods = Vec::new();
+    for (i, m) in raw.methods.iter().enumerate() {
+        let field = format!("forwarding.methods[{i}]");
+        match http::Method::from_bytes(m.as_bytes()) {
+            Ok(method) if method == http::Method::TRACE || method == http::Method::CONNECT => {
+                v.error(
+                    field,
+                    format!("{method} is never forwarded (it would echo or tunnel the bearer)"),
+                );
+            }
+            Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
+            _ => v.error(
+                field,
+                format!("`{m}` is not an HTTP method (upper case, e.g. GET)"),
+            ),
+        }
+    }
+    if methods.is_empty() && raw.methods.is_empty() {
+        v.error("forwarding.methods", "list at least one method");
+    }
+    let mut path_prefixes = Vec::new();
+    for (i, p) in raw.path_prefixes.iter().enumerate() {
+        if !p.starts_with('/') || crate::proxy::uri::unsafe_path(p) {
+            v.error(
+                format!("forwarding.path_prefixes[{i}]"),
+                format!("`{p}` must start with `/` and have no dot, backslash or empty segments"),
+            );
+        } else {
+            path_prefixes.push(p.clone());
+        }
+    }
+    if raw.path_prefixes.is_empty() {
+        v.error(
+            "forwarding.path_prefixes",
+            "list at least one prefix (Coupa's API is `/api/`)",
+        );
+    }
+    Forwarding {
+        methods,
+        path_prefixes,
+    }
 }
 
 fn tls_files(tls: &TlsSettings, base_dir: &Path, v: &mut Findings) {

@@ -18,6 +18,7 @@ use super::send::Upstream;
 use super::uri;
 use crate::audit::template::template;
 use crate::body::{CallerBody, Inbound, ResponseBody};
+use crate::config::Forwarding;
 use crate::error::{Fault, ProxyError};
 use crate::routes::Routes;
 
@@ -39,7 +40,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         let started = Instant::now();
         let endpoint = format!("{} {}", req.method(), template(req.uri().path()));
         let user_agent = req.headers().get(USER_AGENT).cloned();
-        let handled = match admit(&req) {
+        let handled = match admit(&req, &self.routes.config.forwarding) {
             Ok(target) => self.dispatch(req, target, &endpoint).await,
             Err(e) => Handled::rejected(Who::Anonymous, e),
         };
@@ -83,13 +84,18 @@ fn log_failure(who: &Who, endpoint: &str, err: &ProxyError) {
     }
 }
 
-/// Refuses what the proxy cannot forward faithfully, and returns the target it will
-/// forward: CONNECT tunnels and protocol upgrades would bypass the header rewrite, a
-/// target without a path has nothing to forward, and hyper would send a chunked
-/// GET/HEAD body with no framing, i.e. drop it.
-fn admit<B: Inbound>(req: &Request<CallerBody<B>>) -> Result<PathAndQuery, ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
+/// Refuses what the proxy must not or cannot forward faithfully, and returns the target
+/// it will forward: only `forwarding.methods` (never CONNECT tunnels or TRACE echoes),
+/// no protocol upgrades (they would bypass the header rewrite), only paths under
+/// `forwarding.path_prefixes` and none another server could normalise elsewhere
+/// (`/api/../oauth2/token`), and no chunked GET/HEAD body (hyper would send it with no
+/// framing, i.e. drop it).
+fn admit<B: Inbound>(
+    req: &Request<CallerBody<B>>,
+    forwarding: &Forwarding,
+) -> Result<PathAndQuery, ProxyError> {
+    if !forwarding.methods.contains(req.method()) {
+        return Err(ProxyError::MethodNotAllowed(req.method().clone()));
     }
     if req.headers().contains_key(http::header::UPGRADE) {
         return Err(ProxyError::UpgradeRefused);
@@ -97,6 +103,16 @@ fn admit<B: Inbound>(req: &Request<CallerBody<B>>) -> Result<PathAndQuery, Proxy
     let Some(target) = uri::path_and_query(req.uri()) else {
         return Err(ProxyError::MethodNotAllowed(req.method().clone()));
     };
+    if uri::unsafe_path(target.path()) {
+        return Err(ProxyError::UnsafePath);
+    }
+    if !forwarding
+        .path_prefixes
+        .iter()
+        .any(|p| target.path().starts_with(p.as_str()))
+    {
+        return Err(ProxyError::PathNotForwarded);
+    }
     if matches!(*req.method(), Method::GET | Method::HEAD)
         && !req.body().is_end_stream()
         && req.body().size_hint().exact().is_none()

@@ -8,6 +8,22 @@
 use http::Uri;
 use http::uri::PathAndQuery;
 
+/// True for a path that another server could normalise into a different one: a `.` or
+/// `..` segment (raw or percent-encoded, in any case), a backslash (raw or `%5c`), or an
+/// empty segment (`//`) before the last one.
+pub fn unsafe_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    segments.iter().enumerate().any(|(i, seg)| {
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        (seg.is_empty() && i < last)
+            || decoded == "."
+            || decoded == ".."
+            || seg.contains('\\')
+            || seg.to_ascii_lowercase().contains("%5c")
+    })
+}
+
 /// The caller's path and query, or `None` for targets without one (`*`, authority-form).
 pub fn path_and_query(target: &Uri) -> Option<PathAndQuery> {
     let pq = target.path_and_query()?;
@@ -17,6 +33,34 @@ pub fn path_and_query(target: &Uri) -> Option<PathAndQuery> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_another_server_could_normalise_are_unsafe() {
+        for bad in [
+            "/api/../oauth2/token",
+            "/api/./invoices",
+            "/api/%2e%2e/oauth2/token",
+            "/api/.%2E/x",
+            "/api/%2E/x",
+            "/api/..",
+            "/api//invoices",
+            "//api/invoices",
+            "/api/a%5cb",
+            "/api/a%5C..%5Cb",
+        ] {
+            assert!(unsafe_path(bad), "{bad}");
+        }
+        for good in [
+            "/api/invoices",
+            "/api/invoices/",
+            "/api/invoices/12.5",
+            "/api/a%2Fb",
+            "/api/...",
+            "/api/x..y",
+        ] {
+            assert!(!unsafe_path(good), "{good}");
+        }
+    }
 
     #[test]
     fn keeps_path_and_query_byte_exact_and_drops_authority() {
