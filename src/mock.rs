@@ -49,6 +49,7 @@ pub struct MockCoupa {
     settle: Duration,
     token_delay: Duration,
     token_length: usize,
+    refused_paths: Vec<String>,
 }
 
 impl Default for MockCoupa {
@@ -60,6 +61,7 @@ impl Default for MockCoupa {
             settle: Duration::ZERO,
             token_delay: Duration::ZERO,
             token_length: 48,
+            refused_paths: Vec::new(),
         }
     }
 }
@@ -106,6 +108,13 @@ impl MockCoupa {
     /// Length of issued access tokens (JWTs can be long).
     pub fn token_length(mut self, n: usize) -> Self {
         self.token_length = n.max(16);
+        self
+    }
+
+    /// Answers 401 under `prefix` whatever the credential (as Coupa does for some
+    /// resources a caller may not touch): a way for one caller to provoke 401s.
+    pub fn refuse_path(mut self, prefix: &str) -> Self {
+        self.refused_paths.push(prefix.to_owned());
         self
     }
 
@@ -424,7 +433,16 @@ impl State {
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_default();
-        let auth = self.authenticate(&parts.method, &parts.uri, &parts.headers);
+        let auth = if self
+            .config
+            .refused_paths
+            .iter()
+            .any(|p| parts.uri.path().starts_with(p.as_str()))
+        {
+            MockAuth::Rejected("this path refuses every credential".into())
+        } else {
+            self.authenticate(&parts.method, &parts.uri, &parts.headers)
+        };
         let (status, response_body, content_type) = match &auth {
             MockAuth::Rejected(reason) => {
                 let status = if reason.starts_with("missing scope") {

@@ -344,6 +344,7 @@ fn an_absurd_duration_in_any_field_is_named_and_never_panics() {
         "token.refresh_before_expiry",
         "token.request_timeout",
         "token.max_retry_backoff",
+        "token.min_refetch_interval",
         "upstream.connect_timeout",
         "upstream.response_timeout",
         "upstream.pool_idle_timeout",

@@ -348,3 +348,65 @@ async fn a_revoked_token_is_replaced_once_even_under_a_401_storm() {
     assert!(refused <= 50, "no request was tried more than twice");
     assert_eq!(mock.requests().len(), 1 + 50 + refused);
 }
+
+/// Finding 3 of the hostile-traffic review: every 401 threw the shared token away, so
+/// one key holder provoking 401s made a token fetch each time, and every other
+/// integration on that client waited out the settle delay again.
+#[tokio::test]
+async fn ten_401s_provoked_by_one_key_cause_at_most_two_fetches_and_no_one_else_waits() {
+    const OTHER: &str = "other-integration-key-0000000000000000000";
+    let mock = mock()
+        .refuse_path("/api/refuse-me")
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set("token.settle_delay", "1s")
+        .push(
+            "integrations",
+            serde_json::json!({"name": "other", "api_key": OTHER, "client": "erp-sync"}),
+        )
+        .yaml();
+    let proxy = start_proxy(&yaml).await;
+    wait_ready(proxy.admin_addr).await;
+    assert_eq!(mock.token_requests(), 1);
+
+    // The other integration keeps calling and measures its slowest request.
+    let addr = proxy.proxy_addr;
+    let other = tokio::spawn(async move {
+        let client = client();
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut slowest = Duration::ZERO;
+        while Instant::now() < until {
+            let started = Instant::now();
+            let (status, _, _) = send_with(
+                &client,
+                Method::GET,
+                addr,
+                "/api/invoices/1",
+                &[("x-coupa-api-key", OTHER)],
+                bytes::Bytes::new(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slowest
+    });
+    for _ in 0..10 {
+        let (status, _, _) = get(addr, "/api/refuse-me", &[("x-coupa-api-key", KEY)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "Coupa's 401 passes back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let slowest = other.await.unwrap();
+    assert!(
+        mock.token_requests() <= 2,
+        "{} token requests for ten 401s",
+        mock.token_requests()
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "the other integration waited {slowest:?} (the settle delay is 1 s)"
+    );
+}

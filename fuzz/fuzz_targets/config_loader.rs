@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 t.refresh_before_expiry,
                 t.request_timeout,
                 t.max_retry_backoff,
+                t.min_refetch_interval,
                 u.connect_timeout,
                 u.response_timeout,
                 u.pool_idle_timeout,

@@ -316,6 +316,12 @@ pub struct TokenSettings {
     /// `60s` (1s–1h): cap of the jittered exponential backoff after failed fetches.
     #[serde(with = "humantime_serde")]
     pub max_retry_backoff: Duration,
+    /// `60s` (1s–1h): a 401 from Coupa replaces a client's token at most once per this
+    /// interval (and only a token older than `settle_delay`); the refused token serves
+    /// other requests until the replacement has settled. Coupa warns that token requests
+    /// can expire tokens in use: a token storm is worse than a few 401s.
+    #[serde(with = "humantime_serde")]
+    pub min_refetch_interval: Duration,
 }
 
 impl Default for TokenSettings {
@@ -325,6 +331,7 @@ impl Default for TokenSettings {
             refresh_before_expiry: Duration::from_secs(4 * 3600),
             request_timeout: Duration::from_secs(10),
             max_retry_backoff: Duration::from_secs(60),
+            min_refetch_interval: Duration::from_secs(60),
         }
     }
 }

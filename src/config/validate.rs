@@ -148,7 +148,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
     const H: Duration = Duration::from_secs(3600);
     const DAY: Duration = Duration::from_secs(24 * 3600);
     let (t, u, srv, a) = (&raw.token, &raw.upstream, &raw.server, &raw.audit);
-    let ranges: [(&str, Duration, Duration, Duration); 12] = [
+    let ranges: [(&str, Duration, Duration, Duration); 13] = [
         ("token.settle_delay", t.settle_delay, Duration::ZERO, MIN),
         (
             "token.refresh_before_expiry",
@@ -158,6 +158,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
         ),
         ("token.request_timeout", t.request_timeout, MS, 5 * MIN),
         ("token.max_retry_backoff", t.max_retry_backoff, S, H),
+        ("token.min_refetch_interval", t.min_refetch_interval, S, H),
         ("upstream.connect_timeout", u.connect_timeout, MS, 5 * MIN),
         ("upstream.response_timeout", u.response_timeout, MS, DAY),
         ("upstream.pool_idle_timeout", u.pool_idle_timeout, S, H),

@@ -119,7 +119,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         };
         let status = response.status();
         if token_refused(status) {
-            tokens.invalidate(&client.name, token.serial).await;
+            tokens.refused(&client.name, token.serial).await;
         }
         let resend = match next_step(route, status, body.can_replay(), 0) {
             Step::PassBack => None,

@@ -60,10 +60,7 @@ impl<U> Replay<U> {
                     .collect()
                     .await;
                 if token_refused(status) {
-                    self.routes
-                        .tokens
-                        .invalidate(&client.name, token.serial)
-                        .await;
+                    self.routes.tokens.refused(&client.name, token.serial).await;
                 }
                 status.as_u16()
             }

@@ -106,6 +106,8 @@ pub struct ClientStatus {
     last_failure_at: Option<Instant>,
     /// No new fetch before this (jittered exponential backoff after failures).
     retry_at: Option<Instant>,
+    /// The last replacement forced by a refusal (rate-limited by min_refetch_interval).
+    last_forced: Option<Instant>,
 }
 
 struct Inner {
@@ -291,10 +293,14 @@ impl TokenCache {
         self.refresh_inner(client, false).await.map(|_| ())
     }
 
-    /// Drops `client`'s token after Coupa refused it (401), but only if the cached
-    /// token is still the one refused: a storm of 401s for one token causes one
-    /// refetch, and a token fetched meanwhile is kept.
-    pub async fn invalidate(&self, client: &str, serial: u64) {
+    /// Coupa refused token `serial` of `client` (401). Coupa can reject a token in its
+    /// first seconds and warns that token requests can expire the tokens in use, so a
+    /// refusal replaces the token only if it is older than the settle delay and no
+    /// forced replacement happened within `token.min_refetch_interval`; and the refused
+    /// token keeps serving every other request until its replacement has settled (no
+    /// one waits on the token endpoint or the settle delay). Concurrent refusals of one
+    /// token cause one fetch. Returns once the replacement (if any) is in the cache.
+    pub async fn refused(&self, client: &str, serial: u64) {
         let Some(name) = self
             .inner
             .clients
@@ -303,31 +309,51 @@ impl TokenCache {
         else {
             return;
         };
-        let _ = self
+        let Some(config) = self.inner.clients.get(client).cloned() else {
+            return;
+        };
+        let result = self
             .inner
             .cache
             .entry(name)
-            .and_compute_with(|entry| async move {
-                match entry.map(|e| e.into_value()) {
-                    Some(slot) if slot.current.serial == serial => {
-                        tracing::warn!(client, serial, "Coupa refused the token; discarding it");
-                        Op::Remove
-                    }
-                    Some(slot) if slot.previous.as_ref().is_some_and(|p| p.serial == serial) => {
-                        tracing::warn!(
-                            client,
-                            serial,
-                            "Coupa refused the previous token; using the new one"
-                        );
-                        Op::Put(Slot {
-                            current: slot.current,
-                            previous: None,
-                        })
-                    }
-                    _ => Op::Nop,
+            .and_try_compute_with(|entry| async move {
+                let Some(slot) = entry.map(|e| e.into_value()) else {
+                    return Ok::<_, TokenError>(Op::Nop);
+                };
+                if slot.current.serial != serial {
+                    // Already replaced. The refused one may still serve while its
+                    // replacement settles (better than making every caller wait); the
+                    // replacement takes over as soon as it is usable.
+                    return Ok(Op::Nop);
                 }
+                let now = Instant::now();
+                let settings = &self.inner.settings;
+                if now.saturating_duration_since(slot.current.requested_at) < settings.settle_delay {
+                    tracing::info!(client, serial, "Coupa refused a token younger than the settle delay; keeping it");
+                    return Ok(Op::Nop);
+                }
+                {
+                    let mut status = self.status_lock(client);
+                    if status
+                        .last_forced
+                        .is_some_and(|at| now.saturating_duration_since(at) < settings.min_refetch_interval)
+                    {
+                        tracing::warn!(client, serial, "Coupa refused the token again within token.min_refetch_interval; not fetching another");
+                        return Ok(Op::Nop);
+                    }
+                    status.last_forced = Some(now);
+                }
+                tracing::warn!(client, serial, "Coupa refused the token; fetching a replacement (the refused one serves until it has settled)");
+                let token = self.fetch(&config).await?;
+                Ok(Op::Put(Slot {
+                    current: Arc::new(token),
+                    previous: Some(slot.current).filter(|t| Instant::now() < t.expires_at),
+                }))
             })
             .await;
+        if let Err(e) = result {
+            tracing::warn!(client, error = %e, "replacing a refused token failed; the background refresher retries");
+        }
     }
 
     async fn fetch(&self, client: &Client) -> Result<Token, TokenError> {
