@@ -58,8 +58,19 @@ pub fn service(
 
 async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    let config = core.config();
+    // Orchestrator probes stay open; everything else answers only to this host's names
+    // (DNS rebinding: a page whose name now resolves to 127.0.0.1 sends its own Host).
+    let probe = matches!(path, "/healthz" | "/readyz");
+    if !probe && config.admin_listen.ip().is_loopback() && !host_allowed(req, &config.admin_hosts) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            "the admin listener answers to localhost names only (see admin_hosts)",
+        );
+    }
     if path != "/healthz" {
-        if let Some(token) = &core.config().admin_token {
+        if let Some(token) = &config.admin_token {
             if !authorized(req, token) {
                 let mut r = json_error(
                     StatusCode::UNAUTHORIZED,
@@ -81,6 +92,18 @@ async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "method_not_allowed",
                 "use POST /reload",
             );
+        }
+        // Without a token, only a non-simple request may reload: no cross-site form or
+        // no-cors fetch can send `Content-Type: application/json` without a preflight.
+        if config.admin_token.is_none() && !is_json(req) {
+            return json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "json_required",
+                "POST /reload needs Content-Type: application/json (or the admin token)",
+            );
+        }
+        if !core.reload_limit.try_acquire() {
+            return too_many("reload");
         }
         return match core.reload_from_file().await {
             Ok(summary) => json(
@@ -114,7 +137,8 @@ async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             core.metrics.encode().into(),
         ),
-        "/audit" => match core.audit.report(&core.config()).await {
+        "/audit" if !core.audit_limit.try_acquire() => too_many("audit"),
+        "/audit" => match core.audit.report(&config).await {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => {
                 tracing::error!(error = %e, "audit read failed");
@@ -189,6 +213,51 @@ async fn tokens(core: &Core) -> Response<Full<Bytes>> {
         );
     }
     json(StatusCode::OK, &json!({ "clients": clients }))
+}
+
+/// Whether the request's `Host` (or HTTP/2 `:authority`), without its port, is one of
+/// `allowed`. A request without either (HTTP/1.0 tools) is allowed: browsers always
+/// send one.
+fn host_allowed(req: &Request<Incoming>, allowed: &[String]) -> bool {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    let Some(host) = host else {
+        return true;
+    };
+    let host = host.to_ascii_lowercase();
+    let name = match host.rfind(':') {
+        // `[::1]:9900` and `localhost:9900`; a bare `[::1]` has no port after `]`.
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host.as_str(),
+    };
+    allowed.iter().any(|a| a == name)
+}
+
+fn is_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn too_many(what: &str) -> Response<Full<Bytes>> {
+    let mut r = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        &format!("too many {what} requests; retry in a second"),
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// Bearer token, or Basic with the token as password; compared as SHA-256 digests.

@@ -54,18 +54,26 @@ fn sampled(percent: Percent) -> bool {
     percent >= 100 || fastrand::u8(0..100) < percent
 }
 
-/// A token bucket: `rate` permits per second, bursts up to `rate`.
+/// A token bucket: `rate` permits per second, bursts up to `burst` (default `rate`).
 pub struct RateLimiter {
     rate: f64,
+    burst: f64,
     state: Mutex<(f64, Instant)>,
 }
 
 impl RateLimiter {
     pub fn new(per_second: u32) -> Self {
+        Self::with_burst(per_second, per_second)
+    }
+
+    /// `per_second` permits per second, up to `burst` at once.
+    pub fn with_burst(per_second: u32, burst: u32) -> Self {
         let rate = f64::from(per_second.max(1));
+        let burst = f64::from(burst.max(1));
         RateLimiter {
             rate,
-            state: Mutex::new((rate, Instant::now())),
+            burst,
+            state: Mutex::new((burst, Instant::now())),
         }
     }
 
@@ -74,7 +82,7 @@ impl RateLimiter {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = &mut *state;
         let now = Instant::now();
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;

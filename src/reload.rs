@@ -27,6 +27,9 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Caps on the admin endpoints that cost work: reloads, and audit reads.
+    pub reload_limit: RateLimiter,
+    pub audit_limit: RateLimiter,
     /// Where SIGHUP and `POST /reload` read the new configuration from.
     source: Option<ConfigSource>,
 }
@@ -83,6 +86,8 @@ impl Core {
             audit,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
+            reload_limit: RateLimiter::with_burst(2, 5),
+            audit_limit: RateLimiter::with_burst(5, 20),
             source,
         }
     }

@@ -291,6 +291,7 @@ fn the_shipped_configs_are_valid() {
             .env("ERP_SYNC_SECRET", "x")
             .env("TREASURY_SECRET", "y")
             .env("DEMO_CLIENT_SECRET", "z")
+            .env("KEYBRIDGE_ADMIN_TOKEN", "admin-token-for-the-test-0123")
             .output()
             .unwrap();
         assert!(

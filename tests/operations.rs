@@ -40,7 +40,14 @@ async fn start_from_file(yaml: &str) -> (std::path::PathBuf, keybridge::server::
 }
 
 async fn reload(admin: std::net::SocketAddr) -> (StatusCode, serde_json::Value) {
-    let (status, _, body) = send(Method::POST, admin, "/reload", &[], Bytes::new()).await;
+    let (status, _, body) = send(
+        Method::POST,
+        admin,
+        "/reload",
+        &[("content-type", "application/json")],
+        Bytes::new(),
+    )
+    .await;
     (status, json(&body))
 }
 
@@ -490,4 +497,107 @@ async fn a_reload_goes_through_while_the_audit_store_is_locked_and_readyz_says_s
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the audit never recovered");
+}
+
+/// Finding 4 of the hostile-traffic review: an admin listener on 0.0.0.0 without a token
+/// passed `check`, and without a token anything — a cross-site form posting text/plain,
+/// a page rebinding its name to 127.0.0.1 — could read the audit and trigger reloads.
+#[tokio::test]
+async fn the_admin_listener_refuses_exposure_rebinding_cross_site_reloads_and_floods() {
+    // Exposed without a token: refused at load, naming both fields.
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let exposed = TestConfig::standard(&mock.base_url()).set("admin_listen", "0.0.0.0:0");
+    let err =
+        keybridge::config::Config::from_yaml(&exposed.yaml(), std::path::Path::new("."), &env())
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("admin_listen") && err.contains("admin_token"),
+        "{err}"
+    );
+    let with_token = exposed.set("admin_token", "admin-token-0123456789").yaml();
+    assert!(
+        keybridge::config::Config::from_yaml(&with_token, std::path::Path::new("."), &env())
+            .is_ok()
+    );
+
+    let (path, proxy) = start_from_file(&config_yaml(&mock.base_url(), "")).await;
+    let admin = proxy.admin_addr;
+    // DNS rebinding: a foreign Host is refused everywhere but the probes.
+    for p in ["/audit", "/tokens", "/metrics", "/"] {
+        let (status, _, body) = get(admin, p, &[("host", "attacker.example")]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{p}");
+        assert!(String::from_utf8_lossy(&body).contains("host_not_allowed"));
+    }
+    assert_eq!(
+        get(admin, "/healthz", &[("host", "attacker.example")])
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(
+            admin,
+            "/audit",
+            &[("host", &format!("localhost:{}", admin.port()))]
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+
+    // A cross-site form (simple request) cannot reload; a JSON request can.
+    let (status, _, body) = send(
+        Method::POST,
+        admin,
+        "/reload",
+        &[
+            ("content-type", "text/plain"),
+            ("origin", "https://attacker.example"),
+        ],
+        Bytes::from_static(b"x"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(reload(admin).await.0, StatusCode::OK);
+
+    // Reloads and audit reads are rate-limited (429 + Retry-After), not queued.
+    let mut limited = 0;
+    for _ in 0..10 {
+        let (status, headers, _) = send(
+            Method::POST,
+            admin,
+            "/reload",
+            &[("content-type", "application/json")],
+            Bytes::new(),
+        )
+        .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(headers["retry-after"], "1");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 4, "{limited} of 10 back-to-back reloads limited");
+    let audit_limited = futures_count(admin).await;
+    assert!(audit_limited > 0, "a burst of audit reads is limited");
+    drop(path);
+}
+
+/// Sends 40 `/audit` reads at once; returns how many were refused with 429.
+async fn futures_count(admin: std::net::SocketAddr) -> usize {
+    let tasks: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(async move { get(admin, "/audit", &[]).await.0 }))
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::TOO_MANY_REQUESTS {
+            n += 1;
+        }
+    }
+    n
 }

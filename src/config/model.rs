@@ -38,8 +38,11 @@ pub struct Config {
     pub audit: AuditSettings,
     /// TLS on the proxy listener (paths resolved against the config file's directory).
     pub tls: Option<TlsSettings>,
-    /// Bearer token required on the admin listener (all but `/healthz`).
+    /// Bearer token required on the admin listener (all but `/healthz`); required when
+    /// the admin listener is not on loopback.
     pub admin_token: Option<Secret>,
+    /// `Host` names (lower case, without port) accepted on a loopback admin listener.
+    pub admin_hosts: Vec<String>,
     pub token: TokenSettings,
     pub upstream: UpstreamSettings,
     pub server: ServerSettings,

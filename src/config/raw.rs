@@ -54,6 +54,11 @@ pub(super) struct RawConfig {
     /// Optional; when set every admin path but `/healthz` needs `Authorization: Bearer
     /// <token>` (or Basic with it as password). At least 16 characters, usually `${VAR}`.
     pub admin_token: Option<Secret>,
+    /// Extra `Host` names the admin listener answers to when it listens on loopback
+    /// (default: `localhost`, `127.0.0.1`, `[::1]` only — a page that rebinds its own
+    /// name to 127.0.0.1 is refused).
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
     #[serde(default)]
     pub token: TokenSettings,
     #[serde(default)]

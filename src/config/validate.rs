@@ -101,6 +101,11 @@ pub(super) fn validate(
             key: base_dir.join(t.key),
         }),
         admin_token: raw.admin_token.filter(|t| !t.is_empty()),
+        admin_hosts: ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(raw.admin_hosts.iter().map(|h| h.to_ascii_lowercase()))
+            .collect(),
         token: raw.token,
         upstream: raw.upstream,
         server: raw.server,
@@ -126,6 +131,16 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
         v.error(
             "admin_token",
             "must be at least 16 characters (it guards /reload and the audit)",
+        );
+    }
+    let no_token = raw.admin_token.as_ref().is_none_or(|t| t.is_empty());
+    if secrets && no_token && !raw.admin_listen.ip().is_loopback() {
+        v.error(
+            "admin_listen",
+            format!(
+                "{} is reachable beyond this host, so `admin_token` must be set (16+ characters, usually ${{VAR}}): the audit, metrics and POST /reload would answer anyone",
+                raw.admin_listen
+            ),
         );
     }
     if raw.server.max_connections == 0 || raw.server.max_in_flight == 0 {
