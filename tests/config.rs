@@ -350,6 +350,7 @@ fn an_absurd_duration_in_any_field_is_named_and_never_panics() {
         "upstream.response_timeout",
         "upstream.pool_idle_timeout",
         "server.header_read_timeout",
+        "server.idle_timeout",
         "server.shutdown_grace",
         "server.body_read_timeout",
         "audit.flush_interval",

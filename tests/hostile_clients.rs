@@ -570,3 +570,209 @@ async fn trace_odd_methods_and_paths_outside_the_api_never_carry_a_credential() 
     .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Opens `n` connections that each send `first` (maybe nothing) and then go silent.
+async fn silent_sockets(
+    addr: std::net::SocketAddr,
+    n: usize,
+    first: &'static [u8],
+) -> Vec<TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if !first.is_empty() {
+            s.write_all(first).await.unwrap();
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// Polls a keyed GET until it succeeds; returns how long that took.
+async fn keyed_request_succeeds_within(addr: std::net::SocketAddr, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let raw = raw_exchange(
+            addr,
+            format!("GET /api/invoices/1 HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        if raw.starts_with("HTTP/1.1 200") {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no keyed request got through within {limit:?}");
+}
+
+/// Finding 1 of the hostile-traffic review: with max_connections 50 and a 3 s header
+/// timeout, 50 sockets that sent nothing, half an HTTP/2 preface, or a preface +
+/// SETTINGS locked every keyed caller out for over a minute.
+#[tokio::test]
+async fn silent_and_half_open_connections_are_closed_within_the_header_timeout() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const PREFACE_AND_SETTINGS: &[u8] =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let (_mock, proxy) = start_pair(
+        mock(),
+        "server: {max_connections: 50, max_connections_per_ip: 50, header_read_timeout: 3s}",
+    )
+    .await;
+    let addr = proxy.proxy_addr;
+    let opened = Instant::now();
+    let mut held = silent_sockets(addr, 20, b"").await;
+    held.extend(silent_sockets(addr, 15, &PREFACE[..10]).await);
+    held.extend(silent_sockets(addr, 15, PREFACE_AND_SETTINGS).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let raw = raw_exchange(
+        addr,
+        format!("GET /api/invoices/1 HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(
+        raw.starts_with("HTTP/1.1 503"),
+        "all 50 slots are taken: {raw}"
+    );
+
+    let took = keyed_request_succeeds_within(addr, Duration::from_secs(4)).await;
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "served {took:?} after polling began"
+    );
+    // Every silent socket was closed by keybridge (EOF, or reset after the SETTINGS ack).
+    for (i, mut s) in held.into_iter().enumerate() {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "socket {i} still open");
+    }
+}
+
+/// The same with TLS on the listener: a completed handshake and then silence.
+#[tokio::test]
+async fn a_completed_tls_handshake_then_silence_is_closed_within_the_header_timeout() {
+    use std::sync::Arc;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set(
+            "tls.cert",
+            fixtures.join("server.pem").display().to_string(),
+        )
+        .set("tls.key", fixtures.join("server.key").display().to_string())
+        .set("server.max_connections", 10)
+        .set("server.header_read_timeout", "2s")
+        .yaml();
+    let proxy = start_proxy(&yaml).await;
+    wait_ready(proxy.admin_addr).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject as _;
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(fixtures.join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let tcp = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+        held.push(
+            connector
+                .connect(name.clone(), tcp)
+                .await
+                .expect("the handshake completes"),
+        );
+    }
+    let opened = Instant::now();
+    for (i, mut s) in held.into_iter().enumerate() {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(4), s.read_to_end(&mut buf)).await;
+        assert!(
+            opened.elapsed() < Duration::from_secs(3),
+            "TLS socket {i} held past the timeout"
+        );
+    }
+}
+
+/// An idle HTTP/1 keep-alive connection, and an HTTP/2 connection with no open stream,
+/// are closed after `server.idle_timeout`; one with a request in progress is not.
+#[tokio::test]
+async fn idle_keep_alive_and_http2_connections_are_closed_after_the_idle_timeout() {
+    let (_mock, proxy) = start_pair(mock(), "server: {idle_timeout: 1s}").await;
+    let addr = proxy.proxy_addr;
+
+    let mut h1 = TcpStream::connect(addr).await.unwrap();
+    h1.write_all(
+        format!("GET /api/invoices/1 HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    h1.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{addr}/api/invoices/1"))
+        .header("x-coupa-api-key", KEY)
+        .body(())
+        .unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    while body.data().await.is_some() {}
+
+    let idle_since = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), h1.read_to_end(&mut rest))
+        .await
+        .expect("the idle HTTP/1 connection is closed")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap()
+        .ok();
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        idle_since.elapsed()
+    );
+    drop(h2);
+}
+
+/// One source address cannot take every slot: `server.max_connections_per_ip`.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection_slot() {
+    let (_mock, proxy) = start_pair(
+        mock(),
+        "server: {max_connections: 100, max_connections_per_ip: 20}",
+    )
+    .await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(proxy.proxy_addr).await.unwrap();
+        let mut buf = [0u8; 12];
+        match tokio::time::timeout(Duration::from_millis(200), s.read_exact(&mut buf)).await {
+            Ok(Ok(_)) if &buf == b"HTTP/1.1 503" => refused += 1,
+            _ => held.push(s),
+        }
+    }
+    assert_eq!((held.len(), refused), (20, 10), "20 held, the rest refused");
+    // Another address is served at once.
+    let took = keyed_request_succeeds_within(proxy.proxy_addr, Duration::from_secs(1)).await;
+    assert!(took < Duration::from_millis(200), "{took:?}");
+}

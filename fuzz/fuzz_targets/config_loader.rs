@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 u.response_timeout,
                 u.pool_idle_timeout,
                 s.header_read_timeout,
+                s.idle_timeout,
                 s.shutdown_grace,
                 s.body_read_timeout,
                 a.flush_interval,

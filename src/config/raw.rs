@@ -381,6 +381,12 @@ pub struct ServerSettings {
     /// `30s` (1ms–10min) for a caller to send its complete request head.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// `60s` (1s–1h): a connection with no request in progress for this long is closed
+    /// (an idle HTTP/1 keep-alive connection, an HTTP/2 connection with no open stream).
+    /// Until its first request head is complete, a connection gets `header_read_timeout`
+    /// instead — whatever the protocol, TLS or not.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// `30s` (0s–1h) for in-flight requests to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -392,6 +398,10 @@ pub struct ServerSettings {
     /// `10000` open caller connections; beyond it a connection gets `503 overloaded` and
     /// is closed.
     pub max_connections: usize,
+    /// `512` open connections from one address; beyond it `503 overloaded` and closed,
+    /// so one source cannot take every slot. Raise it when many integrations share one
+    /// address (NAT, an iPaaS).
+    pub max_connections_per_ip: usize,
     /// `4096` requests being proxied at once; beyond it `503 overloaded`.
     pub max_in_flight: usize,
     /// `30s` (1ms–1h): a request body that sends nothing this long is abandoned (408;
@@ -414,10 +424,12 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             access_log: true,
             workers: 0,
             max_connections: 10_000,
+            max_connections_per_ip: 512,
             max_in_flight: 4096,
             body_read_timeout: Duration::from_secs(30),
         }

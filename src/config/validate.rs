@@ -143,10 +143,11 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
             ),
         );
     }
-    if raw.server.max_connections == 0 || raw.server.max_in_flight == 0 {
+    let srv = &raw.server;
+    if srv.max_connections == 0 || srv.max_in_flight == 0 || srv.max_connections_per_ip == 0 {
         v.error(
             "server",
-            "max_connections and max_in_flight must be at least 1",
+            "max_connections, max_connections_per_ip and max_in_flight must be at least 1",
         );
     }
     if raw.cutover.shadow_max_per_second == 0 {
@@ -163,7 +164,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
     const H: Duration = Duration::from_secs(3600);
     const DAY: Duration = Duration::from_secs(24 * 3600);
     let (t, u, srv, a) = (&raw.token, &raw.upstream, &raw.server, &raw.audit);
-    let ranges: [(&str, Duration, Duration, Duration); 13] = [
+    let ranges: [(&str, Duration, Duration, Duration); 14] = [
         ("token.settle_delay", t.settle_delay, Duration::ZERO, MIN),
         (
             "token.refresh_before_expiry",
@@ -183,6 +184,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
             MS,
             10 * MIN,
         ),
+        ("server.idle_timeout", srv.idle_timeout, S, H),
         (
             "server.shutdown_grace",
             srv.shutdown_grace,

@@ -1,21 +1,70 @@
 //! The proxy's acceptor: counts open connections against `server.max_connections` and
-//! hands each accepted one to the next worker in turn.
+//! `server.max_connections_per_ip` (so one source cannot take every slot) and hands
+//! each accepted one to the next worker in turn.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// Counts an open caller connection until dropped.
-pub(super) struct OpenConnection(Arc<AtomicUsize>);
+use crate::cutover::RateLimiter;
+
+/// Open connections, in all and per source address.
+#[derive(Default)]
+struct Open {
+    total: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Open {
+    /// Takes a slot for `ip`, or says which limit is reached.
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        per_ip: usize,
+    ) -> Result<OpenConnection, &'static str> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err("server.max_connections");
+        }
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = by_ip.entry(ip).or_insert(0);
+        if *n >= per_ip {
+            drop(by_ip);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err("server.max_connections_per_ip");
+        }
+        *n += 1;
+        Ok(OpenConnection {
+            open: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// Holds an open caller connection's slots until dropped.
+pub(super) struct OpenConnection {
+    open: Arc<Open>,
+    ip: IpAddr,
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut by_ip = self.open.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+        drop(by_ip);
+        self.open.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -26,28 +75,37 @@ pub(super) type Handoff = (std::net::TcpStream, SocketAddr, OpenConnection);
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 86\r\nconnection: close\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keybridge is at its connection limit; retry shortly\"}";
 
 /// Accepts proxy connections and hands them to the workers in turn; beyond
-/// `max_connections` open connections, answers 503 and closes.
+/// `max_connections` open connections (or `per_ip` from one address), answers 503 and
+/// closes. The warning about it is logged at most once a second.
 pub(super) async fn accept(
     listener: TcpListener,
     workers: Vec<mpsc::UnboundedSender<Handoff>>,
-    max_connections: usize,
+    (max_connections, per_ip): (usize, usize),
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
+    let log_limit = RateLimiter::new(1);
+    let mut suppressed = 0u64;
     let mut next = 0usize;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    if open.fetch_add(1, Ordering::AcqRel) >= max_connections {
-                        open.fetch_sub(1, Ordering::AcqRel);
-                        tracing::warn!(%peer, max_connections, "connection limit reached; refusing");
-                        let _ = stream.try_write(OVERLOADED);
-                        continue;
-                    }
-                    let guard = OpenConnection(Arc::clone(&open));
+                    let guard = match open.admit(peer.ip(), max_connections, per_ip) {
+                        Ok(guard) => guard,
+                        Err(limit) => {
+                            if log_limit.try_acquire() {
+                                tracing::warn!(%peer, limit, suppressed, "connection limit reached; refusing");
+                                suppressed = 0;
+                            } else {
+                                suppressed += 1;
+                            }
+                            let _ = stream.try_write(OVERLOADED);
+                            continue;
+                        }
+                    };
                     let Ok(std) = stream.into_std() else { continue };
                     let mut handoff = Some((std, peer, guard));
                     for _ in 0..workers.len() {

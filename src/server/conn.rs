@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -15,7 +16,24 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::accept::OpenConnection;
+use super::activity::{Activity, Tracked};
 use crate::config::ServerSettings;
+
+/// How long a connection may do nothing (see [`super::activity`]).
+#[derive(Clone, Copy)]
+pub(super) struct Deadlines {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+impl Deadlines {
+    pub(super) fn of(settings: &ServerSettings) -> Self {
+        Deadlines {
+            header_read: settings.header_read_timeout,
+            idle: settings.idle_timeout,
+        }
+    }
+}
 
 /// HTTP/1.1 + HTTP/2 (prior knowledge) with header-read timeout and keep-alive.
 pub(super) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
@@ -36,12 +54,18 @@ pub(super) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
 }
 
 /// Serves `stream` on a task watched by `graceful`: after a TLS handshake bounded by
-/// its timeout when `tls` is given, as is otherwise. `open` is released when it ends.
+/// the header timeout when `tls` is given, as is otherwise; closed when it does nothing
+/// for longer than `deadlines` allow. `open` is released when it ends.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per listener kind; each argument is distinct"
+)]
 pub(super) fn spawn<S, B>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
-    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    deadlines: Deadlines,
     peer: SocketAddr,
     service: S,
     open: Option<OpenConnection>,
@@ -49,24 +73,27 @@ pub(super) fn spawn<S, B>(
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = builder.clone();
     let watcher = graceful.watcher();
+    let activity = Activity::new();
+    let service = Tracked::new(service, Arc::clone(&activity));
     tokio::spawn(async move {
         let result = match tls {
             None => {
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
-                watcher.watch(conn.into_owned()).await
+                until_idle(watcher.watch(conn.into_owned()), &activity, deadlines, peer).await
             }
-            Some((acceptor, handshake_timeout)) => {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            Some(acceptor) => {
+                match tokio::time::timeout(deadlines.header_read, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let conn = builder.serve_connection(TokioIo::new(tls), service);
-                        watcher.watch(conn.into_owned()).await
+                        until_idle(watcher.watch(conn.into_owned()), &activity, deadlines, peer)
+                            .await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -84,6 +111,42 @@ pub(super) fn spawn<S, B>(
         }
         drop(open);
     });
+}
+
+/// Drives `conn` until it ends, or closes it (by dropping it) once `activity` has been
+/// idle past its deadline.
+async fn until_idle<F, E>(
+    conn: F,
+    activity: &Activity,
+    deadlines: Deadlines,
+    peer: SocketAddr,
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    // Requests do not wake this loop (that would cost every request a wake-up); it
+    // looks again every quarter of the idle timeout, so an idle connection is closed
+    // between 1 and 1.25 idle timeouts after its last request.
+    let recheck = deadlines.idle / 4;
+    loop {
+        let deadline = activity.deadline(deadlines.header_read, deadlines.idle);
+        let next_look = tokio::time::Instant::now() + recheck;
+        let wake = deadline.map_or(next_look, |d| d.min(next_look));
+        tokio::select! {
+            result = &mut conn => return result,
+            () = tokio::time::sleep_until(wake) => {
+                let now = tokio::time::Instant::now();
+                if activity
+                    .deadline(deadlines.header_read, deadlines.idle)
+                    .is_some_and(|d| d <= now)
+                {
+                    tracing::debug!(%peer, "closing a connection that did nothing in time");
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// Lets in-flight connections finish, up to `grace`.
@@ -108,8 +171,8 @@ pub async fn serve<F, S, B>(
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -121,7 +184,7 @@ pub async fn serve<F, S, B>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn(&builder, &graceful, stream, None, peer, make_service(peer), None);
+                    spawn(&builder, &graceful, stream, None, Deadlines::of(&settings), peer, make_service(peer), None);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

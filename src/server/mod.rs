@@ -13,6 +13,7 @@
 //! the runtime that called [`start`]. [`conn`] serves one connection, TLS or plain.
 
 mod accept;
+mod activity;
 mod conn;
 mod worker;
 
@@ -157,7 +158,10 @@ pub async fn start_with_file(
     let proxy_task = tokio::spawn(accept::accept(
         proxy_listener,
         handoffs,
-        config.server.max_connections,
+        (
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ),
         signalled(rx.clone()),
     ));
     let flusher = audit.spawn_flusher(config.audit.flush_interval);

@@ -74,8 +74,16 @@ impl Worker {
                         ProxyService::new(Arc::clone(&self.routes), Arc::clone(&self.upstream), peer),
                         &self.in_flight,
                     ));
-                    let tls = self.tls.clone().map(|a| (a, self.settings.header_read_timeout));
-                    conn::spawn(&builder, &graceful, stream, tls, peer, service, Some(open));
+                    conn::spawn(
+                        &builder,
+                        &graceful,
+                        stream,
+                        self.tls.clone(),
+                        conn::Deadlines::of(&self.settings),
+                        peer,
+                        service,
+                        Some(open),
+                    );
                 }
                 () = &mut stop => break,
             }

@@ -1,0 +1,150 @@
+//! What a connection is doing, so it can be closed when it does nothing: no complete
+//! request head within `server.header_read_timeout` of being accepted (silent sockets,
+//! half an HTTP/2 preface, a finished TLS handshake and then silence), or no request in
+//! progress for `server.idle_timeout` (an idle HTTP/1 keep-alive connection, an HTTP/2
+//! connection with no open stream). hyper's own header timeout starts only once it
+//! has detected the protocol and applies to HTTP/1 only; this covers every protocol.
+//!
+//! [`Tracked`] wraps a connection's service: each request counts as in progress from
+//! the moment its head is complete until its response body is done (or dropped).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+
+/// One connection's activity. Times are milliseconds since it was accepted.
+pub(super) struct Activity {
+    accepted: Instant,
+    served: AtomicBool,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            accepted: Instant::now(),
+            served: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.accepted.elapsed().as_millis();
+        self.last_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When the connection should be closed if nothing changes; `None` while a
+    /// request is in progress (its own timeouts bound it).
+    pub(super) fn deadline(&self, header_read: Duration, idle: Duration) -> Option<Instant> {
+        if !self.served.load(Ordering::Acquire) {
+            return Some(self.accepted + header_read);
+        }
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.accepted + last + idle)
+    }
+}
+
+/// Marks a request in progress until dropped (with the response body).
+struct InProgress(Arc<Activity>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's service, counting its requests in [`Activity`].
+pub(super) struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Tracked<S> {
+    pub(super) fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Tracked { inner, activity }
+    }
+}
+
+impl<S, ReqB, B> hyper::service::Service<Request<ReqB>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<ReqB>, Response = Response<B>>,
+    S::Future: Unpin,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<ReqB>) -> Self::Future {
+        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.activity.served.store(true, Ordering::Release);
+        self.activity.touch();
+        TrackedFuture {
+            inner: self.inner.call(req),
+            guard: Some(InProgress(Arc::clone(&self.activity))),
+        }
+    }
+}
+
+pub(super) struct TrackedFuture<F> {
+    inner: F,
+    guard: Option<InProgress>,
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>> + Unpin,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        let guard = self.guard.take();
+        Poll::Ready(result.map(|response| response.map(|inner| TrackedBody { inner, guard })))
+    }
+}
+
+/// A response body that keeps its request "in progress" until it is done.
+pub(super) struct TrackedBody<B> {
+    inner: B,
+    guard: Option<InProgress>,
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // Done: the request no longer counts. (hyper stops polling once a body says it
+        // has ended, so the last data frame may be the last call.)
+        if frame.is_none() || self.inner.is_end_stream() {
+            self.guard = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
