@@ -355,6 +355,7 @@ fn an_absurd_duration_in_any_field_is_named_and_never_panics() {
         "server.body_read_timeout",
         "audit.flush_interval",
         "audit.ready_after",
+        "audit.retention",
     ];
     let base = support::TestConfig::from_yaml(&valid());
     for field in fields {

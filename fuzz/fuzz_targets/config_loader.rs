@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
                 s.body_read_timeout,
                 a.flush_interval,
                 a.ready_after,
+                a.retention,
             ] {
                 assert!(now.checked_add(d * 4).is_some(), "{d:?} accepted but unusable");
             }

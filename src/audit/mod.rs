@@ -27,6 +27,7 @@ use report::AuditReport;
 pub fn open_store(settings: &AuditSettings) -> Result<Arc<dyn AuditStore>, StoreError> {
     Ok(Arc::new(Arc::new(sqlite::SqliteStore::open(
         &settings.path,
+        settings.retention,
     )?)))
 }
 

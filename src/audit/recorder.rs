@@ -141,10 +141,10 @@ impl Window {
         *statuses.entry(e.status).or_default() += 1;
         if let Some(status) = e.fallback_status {
             self.last_fallback = Some(now);
-            *self
-                .fallbacks
-                .entry((e.endpoint.to_owned(), status))
-                .or_default() += 1;
+            let key = capped_key(&self.fallbacks, (e.endpoint.to_owned(), status), |k| {
+                (OTHER_ENDPOINTS.to_owned(), k.1)
+            });
+            *self.fallbacks.entry(key).or_default() += 1;
         }
     }
 }
@@ -248,11 +248,13 @@ impl Recorder {
     /// Records a shadow replay's result.
     pub fn record_shadow(&self, slot: &Slot, endpoint: &str, key_status: u16, oauth_status: u16) {
         if self.enabled {
-            *slot
-                .lock()
-                .shadow
-                .entry((endpoint.to_owned(), key_status, oauth_status))
-                .or_default() += 1;
+            let mut window = slot.lock();
+            let key = capped_key(
+                &window.shadow,
+                (endpoint.to_owned(), key_status, oauth_status),
+                |k| (OTHER_ENDPOINTS.to_owned(), k.1, k.2),
+            );
+            *window.shadow.entry(key).or_default() += 1;
         }
     }
 
@@ -270,24 +272,27 @@ impl Recorder {
         out
     }
 
-    /// Puts windows back after a failed flush so nothing is lost.
+    /// Puts windows back after a failed flush so nothing is lost, under the same caps
+    /// as recording (a store that stays down cannot make memory grow past them: what
+    /// exceeds a cap is counted in its overflow bucket).
     pub fn restore(&self, batch: Vec<(Subject, Window)>) {
         for (subject, w) in batch {
-            let merge = |into: &mut Window| merge(into, w);
-            match &subject {
-                Subject::Integration(name) if self.slot(name).is_some() => {
-                    if let Some(slot) = self.slot(name) {
-                        merge(&mut slot.lock());
-                    }
+            if let Subject::Integration(name) = &subject {
+                if let Some(slot) = self.slot(name) {
+                    merge(&mut slot.lock(), w);
+                    continue;
                 }
-                _ => merge(
-                    self.others
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(subject)
-                        .or_default(),
-                ),
             }
+            let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+            let subject = match subject {
+                Subject::UnknownKey(_)
+                    if !others.contains_key(&subject) && others.len() >= self.max_unknown_keys =>
+                {
+                    Subject::UnknownKey(OTHER_UNKNOWN_KEYS.to_owned())
+                }
+                s => s,
+            };
+            merge(others.entry(subject).or_default(), w);
         }
     }
 }
@@ -299,22 +304,46 @@ fn merge(into: &mut Window, w: Window) {
     into.last_key_seen = into.last_key_seen.max(w.last_key_seen);
     into.last_fallback = into.last_fallback.max(w.last_fallback);
     for (k, v) in w.ips {
-        *into.ips.entry(k).or_default() += v;
+        if into.ips.contains_key(&k) || into.ips.len() < MAX_IPS {
+            *into.ips.entry(k).or_default() += v;
+        }
     }
     for (k, v) in w.user_agents {
-        *into.user_agents.entry(k).or_default() += v;
+        if into.user_agents.contains_key(&k) || into.user_agents.len() < MAX_USER_AGENTS {
+            *into.user_agents.entry(k).or_default() += v;
+        }
     }
     for (k, statuses) in w.endpoints {
+        let k = if into.endpoints.contains_key(&k) || into.endpoints.len() < MAX_ENDPOINTS {
+            k
+        } else {
+            OTHER_ENDPOINTS.to_owned()
+        };
         let e = into.endpoints.entry(k).or_default();
         for (s, c) in statuses {
             *e.entry(s).or_default() += c;
         }
     }
     for (k, v) in w.fallbacks {
+        let k = capped_key(&into.fallbacks, k, |k| (OTHER_ENDPOINTS.to_owned(), k.1));
         *into.fallbacks.entry(k).or_default() += v;
     }
     for (k, v) in w.shadow {
+        let k = capped_key(&into.shadow, k, |k| (OTHER_ENDPOINTS.to_owned(), k.1, k.2));
         *into.shadow.entry(k).or_default() += v;
+    }
+}
+
+/// `key` if `map` has it or has room for it, else its overflow key.
+fn capped_key<K: std::hash::Hash + Eq, V>(
+    map: &Map<K, V>,
+    key: K,
+    overflow: impl FnOnce(&K) -> K,
+) -> K {
+    if map.contains_key(&key) || map.len() < MAX_ENDPOINTS {
+        key
+    } else {
+        overflow(&key)
     }
 }
 
@@ -369,6 +398,45 @@ mod tests {
             .count();
         assert_eq!(unknown, 11, "10 tracked + the overflow bucket");
         assert!(r.take().is_empty(), "take empties the windows");
+    }
+
+    #[test]
+    fn a_failed_flush_merged_back_stays_within_the_caps() {
+        let name: Arc<str> = "erp".into();
+        let r = Recorder::new(true, [&name], 10);
+        let slot = r.slot("erp").unwrap();
+        for round in 0..5 {
+            for i in 0..1000 {
+                r.record_in(&slot, &event(&format!("GET /api/r{round}x{i}")));
+                r.record_other(
+                    Subject::UnknownKey(format!("{round}-{i}")),
+                    &event("GET /api/y"),
+                );
+            }
+            let batch = r.take();
+            r.restore(batch); // the store is down: everything goes back
+        }
+        let batch = r.take();
+        let erp = &batch
+            .iter()
+            .find(|(s, _)| *s == Subject::Integration(name.clone()))
+            .unwrap()
+            .1;
+        assert!(
+            erp.endpoints.len() <= MAX_ENDPOINTS + 1,
+            "{}",
+            erp.endpoints.len()
+        );
+        let total: u64 = erp.endpoints.values().flat_map(|s| s.values()).sum();
+        assert_eq!(
+            total, 5000,
+            "nothing lost, only folded into the overflow bucket"
+        );
+        let unknown = batch
+            .iter()
+            .filter(|(s, _)| matches!(s, Subject::UnknownKey(_)))
+            .count();
+        assert!(unknown <= 11, "{unknown}");
     }
 
     #[test]

@@ -150,6 +150,32 @@ fn scope_of(endpoint: &str) -> Option<String> {
     required_scope(&Method::from_bytes(method.as_bytes()).ok()?, path)
 }
 
+/// Endpoints and unknown keys listed per report section; the rest are summed in one
+/// "(N more …)" entry, so the report stays small whatever the traffic.
+pub(crate) const MAX_LISTED: usize = 100;
+/// The per-minute traffic series covers the last day.
+const TRAFFIC_WINDOW: i64 = 24 * 3600;
+
+/// The busiest [`MAX_LISTED`] endpoints, and one entry summing the rest.
+fn shown(mut endpoints: Vec<EndpointReport>) -> Vec<EndpointReport> {
+    if endpoints.len() > MAX_LISTED {
+        let rest = endpoints.split_off(MAX_LISTED);
+        let mut statuses = BTreeMap::new();
+        for e in &rest {
+            for (s, c) in &e.statuses {
+                *statuses.entry(s.clone()).or_insert(0) += c;
+            }
+        }
+        endpoints.push(EndpointReport {
+            endpoint: format!("({} more endpoints)", rest.len()),
+            count: rest.iter().map(|e| e.count).sum(),
+            statuses,
+            scope: None,
+        });
+    }
+    endpoints
+}
+
 fn endpoints(row: &SubjectRow) -> Vec<EndpointReport> {
     let mut out: Vec<EndpointReport> = row
         .endpoints
@@ -203,7 +229,7 @@ pub fn build(snapshot: &Snapshot, config: &Config, now: i64) -> AuditReport {
         last_seen: row.last_seen.map(rfc3339),
         ip_addresses: row.ips.iter().map(|(v, _)| v.clone()).collect(),
         user_agents: row.user_agents.iter().map(|(v, _)| v.clone()).collect(),
-        endpoints: endpoints(row),
+        endpoints: shown(endpoints(row)),
     };
     let mut unknown_keys = Vec::new();
     let mut other_callers = Vec::new();
@@ -216,6 +242,21 @@ pub fn build(snapshot: &Snapshot, config: &Config, now: i64) -> AuditReport {
         }
     }
     unknown_keys.sort_by_key(|u| std::cmp::Reverse(u.total));
+    if unknown_keys.len() > MAX_LISTED {
+        let rest = unknown_keys.split_off(MAX_LISTED);
+        unknown_keys.push(CallerReport {
+            kind: "unknown_key",
+            name: format!("({} more unknown keys)", rest.len()),
+            requests: BTreeMap::new(),
+            total: rest.iter().map(|u| u.total).sum(),
+            first_seen: None,
+            last_seen: None,
+            ip_addresses: Vec::new(),
+            user_agents: Vec::new(),
+            endpoints: Vec::new(),
+        });
+    }
+    let since = now - TRAFFIC_WINDOW;
 
     AuditReport {
         generated_at: rfc3339(now),
@@ -227,6 +268,7 @@ pub fn build(snapshot: &Snapshot, config: &Config, now: i64) -> AuditReport {
         traffic: snapshot
             .traffic
             .iter()
+            .filter(|(minute, _)| *minute >= since)
             .map(|(minute, counts)| TrafficPoint {
                 minute: rfc3339(*minute),
                 unix: *minute,
@@ -277,12 +319,14 @@ fn integration_report(
         .filter(|s| s.key_status != s.oauth_status)
         .collect();
     let endpoints = endpoints(row);
+    // Advice from every endpoint; the report lists the busiest.
     let scopes = advise(
         &endpoints,
         client.map(|c| c.scopes.as_slice()),
         &fallbacks,
         &shadow_findings,
     );
+    let endpoints = shown(endpoints);
     let fallback_count = row.counts[Outcome::Fallback];
     let ready_after = config.audit.ready_after.as_secs() as i64;
     let quiet_since = |t: Option<i64>| t.is_none_or(|t| now - t >= ready_after);

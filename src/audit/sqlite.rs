@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::outcome::{Outcome, OutcomeMap};
-use super::recorder::{OTHER_UNKNOWN_KEYS, Subject, Window};
+use super::recorder::{OTHER_ENDPOINTS, OTHER_UNKNOWN_KEYS, Subject, Window};
 use super::store::{AuditStore, Batch, Snapshot, StoreError, StoreFuture, SubjectRow};
 use crate::config::Mode;
 
@@ -53,20 +53,31 @@ const MIGRATIONS: &[&str] = &[
 
 /// Peer values kept per subject (IPs and user agents); more are not stored.
 const MAX_PEERS_PER_SUBJECT: i64 = 200;
+/// Distinct endpoints stored per subject (and per subject in the fallback and shadow
+/// tables); more are counted under one `(other endpoints)` row.
+pub(crate) const MAX_ENDPOINTS_PER_SUBJECT: i64 = 500;
 
 /// An open audit file.
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Rows and minutes not seen for this long are deleted (`audit.retention`).
+    retention: i64,
+    /// When retention last ran (Unix seconds): at most hourly.
+    swept: Mutex<i64>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the file.
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub fn open(path: &Path, retention: std::time::Duration) -> Result<SqliteStore, StoreError> {
         let err = |source| StoreError::Sqlite {
             path: path.to_owned(),
             source,
         };
+        create_private(path).map_err(|e| StoreError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
@@ -96,6 +107,8 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            retention: i64::try_from(retention.as_secs()).unwrap_or(i64::MAX),
+            swept: Mutex::new(0),
         })
     }
 
@@ -194,26 +207,41 @@ impl SqliteStore {
             for (endpoint, statuses) in &w.endpoints {
                 for (status, c) in statuses {
                     exec(&tx,
-                        "INSERT INTO endpoints (kind, name, endpoint, status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                        "INSERT INTO endpoints (kind, name, endpoint, status, count, last_seen)
+                         SELECT ?1, ?2, CASE
+                             WHEN EXISTS (SELECT 1 FROM endpoints WHERE kind = ?1 AND name = ?2 AND endpoint = ?3)
+                               OR (SELECT COUNT(DISTINCT endpoint) FROM endpoints WHERE kind = ?1 AND name = ?2) < ?7
+                             THEN ?3 ELSE ?8 END, ?4, ?5, ?6
+                         WHERE true
                          ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                        params![kind, name, endpoint, status, *c as i64, now],
+                        params![kind, name, endpoint, status, *c as i64, now, MAX_ENDPOINTS_PER_SUBJECT, OTHER_ENDPOINTS],
                     )
                     .map_err(|e| self.err(e))?;
                 }
             }
             for ((endpoint, status), c) in &w.fallbacks {
                 exec(&tx,
-                    "INSERT INTO fallbacks (kind, name, endpoint, status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO fallbacks (kind, name, endpoint, status, count, last_seen)
+                     SELECT ?1, ?2, CASE
+                         WHEN EXISTS (SELECT 1 FROM fallbacks WHERE kind = ?1 AND name = ?2 AND endpoint = ?3)
+                           OR (SELECT COUNT(DISTINCT endpoint) FROM fallbacks WHERE kind = ?1 AND name = ?2) < ?7
+                         THEN ?3 ELSE ?8 END, ?4, ?5, ?6
+                     WHERE true
                      ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                    params![kind, name, endpoint, status, *c as i64, now],
+                    params![kind, name, endpoint, status, *c as i64, now, MAX_ENDPOINTS_PER_SUBJECT, OTHER_ENDPOINTS],
                 )
                 .map_err(|e| self.err(e))?;
             }
             for ((endpoint, key_status, oauth_status), c) in &w.shadow {
                 exec(&tx,
-                    "INSERT INTO shadow (kind, name, endpoint, key_status, oauth_status, count, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO shadow (kind, name, endpoint, key_status, oauth_status, count, last_seen)
+                     SELECT ?1, ?2, CASE
+                         WHEN EXISTS (SELECT 1 FROM shadow WHERE kind = ?1 AND name = ?2 AND endpoint = ?3)
+                           OR (SELECT COUNT(DISTINCT endpoint) FROM shadow WHERE kind = ?1 AND name = ?2) < ?8
+                         THEN ?3 ELSE ?9 END, ?4, ?5, ?6, ?7
+                     WHERE true
                      ON CONFLICT (kind, name, endpoint, key_status, oauth_status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                    params![kind, name, endpoint, key_status, oauth_status, *c as i64, now],
+                    params![kind, name, endpoint, key_status, oauth_status, *c as i64, now, MAX_ENDPOINTS_PER_SUBJECT, OTHER_ENDPOINTS],
                 )
                 .map_err(|e| self.err(e))?;
             }
@@ -244,6 +272,29 @@ impl SqliteStore {
             rusqlite::params_from_iter(traffic_params(now - now.rem_euclid(60), &minute_totals)),
         )
         .map_err(|e| self.err(e))?;
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        if now - *swept >= 3600 {
+            *swept = now;
+            let cutoff = now.saturating_sub(self.retention);
+            for sql in [
+                "DELETE FROM traffic WHERE minute < ?1",
+                "DELETE FROM endpoints WHERE last_seen < ?1",
+                "DELETE FROM fallbacks WHERE last_seen < ?1",
+                "DELETE FROM shadow WHERE last_seen < ?1",
+                "DELETE FROM peers WHERE last_seen < ?1",
+                "DELETE FROM subjects WHERE kind = 'unknown_key' AND last_seen < ?1",
+            ] {
+                exec(&tx, sql, params![cutoff]).map_err(|e| self.err(e))?;
+            }
+            exec(
+                &tx,
+                "DELETE FROM outcomes WHERE kind = 'unknown_key' AND NOT EXISTS
+                   (SELECT 1 FROM subjects s WHERE s.kind = outcomes.kind AND s.name = outcomes.name)",
+                [],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        drop(swept);
         tx.commit().map_err(|e| self.err(e))
     }
 
@@ -400,6 +451,25 @@ impl SqliteStore {
         }
         Ok(snap)
     }
+}
+
+/// Creates `path` readable and writable by its owner only (`0600`), or tightens an
+/// existing file to that: the audit names integrations, addresses and client ids.
+/// SQLite creates its `-wal` and `-shm` files with the main file's permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// The traffic table has one column per outcome, named as the outcome.

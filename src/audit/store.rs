@@ -44,6 +44,11 @@ pub enum StoreError {
     },
     #[error("audit store task failed: {0}")]
     Task(String),
+    #[error("audit store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "audit store {path} has schema version {found}, newer than this keybridge knows ({known}); upgrade keybridge"
     )]

@@ -279,6 +279,11 @@ pub struct AuditSettings {
     pub ready_after: Duration,
     /// `1000` distinct unknown-key fingerprints tracked; more are counted together.
     pub max_unknown_keys: usize,
+    /// `90d` (1d–3650d): the per-minute traffic series, endpoint, fallback, shadow and
+    /// peer rows, and unknown keys not seen for this long are deleted (checked hourly).
+    /// Integrations' own totals and key-use dates are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for AuditSettings {
@@ -289,6 +294,7 @@ impl Default for AuditSettings {
             flush_interval: Duration::from_secs(10),
             ready_after: Duration::from_secs(7 * 24 * 3600),
             max_unknown_keys: 1000,
+            retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }

@@ -164,7 +164,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
     const H: Duration = Duration::from_secs(3600);
     const DAY: Duration = Duration::from_secs(24 * 3600);
     let (t, u, srv, a) = (&raw.token, &raw.upstream, &raw.server, &raw.audit);
-    let ranges: [(&str, Duration, Duration, Duration); 14] = [
+    let ranges: [(&str, Duration, Duration, Duration); 15] = [
         ("token.settle_delay", t.settle_delay, Duration::ZERO, MIN),
         (
             "token.refresh_before_expiry",
@@ -194,6 +194,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
         ("server.body_read_timeout", srv.body_read_timeout, MS, H),
         ("audit.flush_interval", a.flush_interval, 100 * MS, H),
         ("audit.ready_after", a.ready_after, S, 3650 * DAY),
+        ("audit.retention", a.retention, DAY, 3650 * DAY),
     ];
     let mut in_range = true;
     for (field, value, min, max) in ranges {
