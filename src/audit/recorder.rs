@@ -16,6 +16,9 @@ use super::outcome::{Outcome, OutcomeMap};
 const MAX_IPS: usize = 64;
 const MAX_USER_AGENTS: usize = 32;
 const MAX_ENDPOINTS: usize = 256;
+/// Per window of a subject that is not a configured integration (an unknown key, bearer
+/// callers, anonymous requests): they need far fewer, and there can be a thousand.
+const MAX_OTHER_ENDPOINTS: usize = 32;
 const MAX_USER_AGENT_LEN: usize = 200;
 /// Where endpoints beyond [`MAX_ENDPOINTS`] are counted.
 pub const OTHER_ENDPOINTS: &str = "(other endpoints)";
@@ -111,7 +114,7 @@ impl Window {
         self.last_seen.is_none() && self.shadow.is_empty()
     }
 
-    fn add(&mut self, e: &Event<'_>, now: i64) {
+    fn add(&mut self, e: &Event<'_>, now: i64, max_endpoints: usize) {
         self.counts[e.outcome] += 1;
         self.first_seen.get_or_insert(now);
         self.last_seen = Some(now);
@@ -130,7 +133,7 @@ impl Window {
         let statuses = match self.endpoints.get_mut(e.endpoint) {
             Some(s) => s,
             None => {
-                let key = if self.endpoints.len() < MAX_ENDPOINTS {
+                let key = if self.endpoints.len() < max_endpoints {
                     e.endpoint
                 } else {
                     OTHER_ENDPOINTS
@@ -219,7 +222,7 @@ impl Recorder {
     /// Records a request of a configured integration.
     pub fn record_in(&self, slot: &Slot, event: &Event<'_>) {
         if self.enabled {
-            slot.lock().add(event, unix_now());
+            slot.lock().add(event, unix_now(), MAX_ENDPOINTS);
         }
     }
 
@@ -242,7 +245,10 @@ impl Recorder {
             }
             s => s,
         };
-        others.entry(subject).or_default().add(event, unix_now());
+        others
+            .entry(subject)
+            .or_default()
+            .add(event, unix_now(), MAX_OTHER_ENDPOINTS);
     }
 
     /// Records a shadow replay's result.
@@ -279,7 +285,7 @@ impl Recorder {
         for (subject, w) in batch {
             if let Subject::Integration(name) = &subject {
                 if let Some(slot) = self.slot(name) {
-                    merge(&mut slot.lock(), w);
+                    merge(&mut slot.lock(), w, MAX_ENDPOINTS);
                     continue;
                 }
             }
@@ -292,12 +298,12 @@ impl Recorder {
                 }
                 s => s,
             };
-            merge(others.entry(subject).or_default(), w);
+            merge(others.entry(subject).or_default(), w, MAX_OTHER_ENDPOINTS);
         }
     }
 }
 
-fn merge(into: &mut Window, w: Window) {
+fn merge(into: &mut Window, w: Window, max_endpoints: usize) {
     into.counts.add(&w.counts);
     into.first_seen = min_opt(into.first_seen, w.first_seen);
     into.last_seen = into.last_seen.max(w.last_seen);
@@ -314,7 +320,7 @@ fn merge(into: &mut Window, w: Window) {
         }
     }
     for (k, statuses) in w.endpoints {
-        let k = if into.endpoints.contains_key(&k) || into.endpoints.len() < MAX_ENDPOINTS {
+        let k = if into.endpoints.contains_key(&k) || into.endpoints.len() < max_endpoints {
             k
         } else {
             OTHER_ENDPOINTS.to_owned()

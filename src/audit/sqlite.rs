@@ -53,9 +53,13 @@ const MIGRATIONS: &[&str] = &[
 
 /// Peer values kept per subject (IPs and user agents); more are not stored.
 const MAX_PEERS_PER_SUBJECT: i64 = 200;
-/// Distinct endpoints stored per subject (and per subject in the fallback and shadow
-/// tables); more are counted under one `(other endpoints)` row.
+/// Distinct endpoints stored per integration (and per integration in the fallback and
+/// shadow tables); more are counted under one `(other endpoints)` row.
 pub(crate) const MAX_ENDPOINTS_PER_SUBJECT: i64 = 500;
+/// The same for the other subjects (unknown keys, bearer callers, anonymous), of which
+/// there can be `max_unknown_keys` + 3; also their peer values.
+pub(crate) const MAX_ENDPOINTS_PER_OTHER: i64 = 50;
+const MAX_PEERS_PER_OTHER: i64 = 20;
 
 /// An open audit file.
 pub struct SqliteStore {
@@ -183,6 +187,11 @@ impl SqliteStore {
                 }
             }
             minute_totals.add(&w.counts);
+            let (endpoint_cap, peer_cap) = if kind == "integration" {
+                (MAX_ENDPOINTS_PER_SUBJECT, MAX_PEERS_PER_SUBJECT)
+            } else {
+                (MAX_ENDPOINTS_PER_OTHER, MAX_PEERS_PER_OTHER)
+            };
             exec(&tx,
                 "INSERT INTO subjects (kind, name, first_seen, last_seen, last_key_seen, last_fallback)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -214,7 +223,7 @@ impl SqliteStore {
                              THEN ?3 ELSE ?8 END, ?4, ?5, ?6
                          WHERE true
                          ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                        params![kind, name, endpoint, status, *c as i64, now, MAX_ENDPOINTS_PER_SUBJECT, OTHER_ENDPOINTS],
+                        params![kind, name, endpoint, status, *c as i64, now, endpoint_cap, OTHER_ENDPOINTS],
                     )
                     .map_err(|e| self.err(e))?;
                 }
@@ -228,7 +237,7 @@ impl SqliteStore {
                          THEN ?3 ELSE ?8 END, ?4, ?5, ?6
                      WHERE true
                      ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                    params![kind, name, endpoint, status, *c as i64, now, MAX_ENDPOINTS_PER_SUBJECT, OTHER_ENDPOINTS],
+                    params![kind, name, endpoint, status, *c as i64, now, endpoint_cap, OTHER_ENDPOINTS],
                 )
                 .map_err(|e| self.err(e))?;
             }
@@ -241,7 +250,7 @@ impl SqliteStore {
                          THEN ?3 ELSE ?9 END, ?4, ?5, ?6, ?7
                      WHERE true
                      ON CONFLICT (kind, name, endpoint, key_status, oauth_status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                    params![kind, name, endpoint, key_status, oauth_status, *c as i64, now, MAX_ENDPOINTS_PER_SUBJECT, OTHER_ENDPOINTS],
+                    params![kind, name, endpoint, key_status, oauth_status, *c as i64, now, endpoint_cap, OTHER_ENDPOINTS],
                 )
                 .map_err(|e| self.err(e))?;
             }
@@ -261,7 +270,7 @@ impl SqliteStore {
                      WHERE EXISTS (SELECT 1 FROM peers WHERE kind = ?1 AND name = ?2 AND what = ?3 AND value = ?4)
                         OR (SELECT COUNT(*) FROM peers WHERE kind = ?1 AND name = ?2 AND what = ?3) < ?7
                      ON CONFLICT (kind, name, what, value) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
-                    params![kind, name, what, value, c as i64, now, MAX_PEERS_PER_SUBJECT],
+                    params![kind, name, what, value, c as i64, now, peer_cap],
                 )
                 .map_err(|e| self.err(e))?;
             }
