@@ -54,6 +54,10 @@ fn load(path: &Path) -> Result<Config, Failure> {
 }
 
 async fn run(path: &Path) -> Result<(), Failure> {
+    // A core dump would hold client secrets and live tokens.
+    if let Err(e) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
+        tracing::warn!(error = %e, "cannot turn core dumps off");
+    }
     let config =
         Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))?;
     for warning in &config.warnings {

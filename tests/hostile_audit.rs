@@ -72,6 +72,21 @@ async fn twenty_thousand_hostile_requests_leave_the_audit_and_memory_within_boun
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_ready(admin).await;
+    // Secret hygiene of the running process: no core dumps, a private audit file.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().filter(|w| *w == "0").count() >= 2,
+        "{core}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "audit file mode {mode:o}");
+    }
 
     let long_method = Method::from_bytes("X".repeat(5 * 1024).as_bytes()).unwrap();
     let tasks: Vec<_> = (0..16)

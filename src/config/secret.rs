@@ -26,6 +26,15 @@ impl Secret {
     }
 }
 
+/// The plaintext is overwritten when the secret is dropped (a reload replacing it, or
+/// shutdown), so it does not linger in freed memory.
+impl Drop for Secret {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.0.zeroize();
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")

@@ -193,13 +193,24 @@ pub fn parse_grant(body: &[u8]) -> Result<Grant, TokenError> {
         None => DEFAULT_LIFETIME,
         Some(v) => parse_expires_in(&v)?,
     };
-    let mut authorization = HeaderValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| invalid("`access_token` is not header-safe"))?;
+    let mut authorization =
+        bearer_header(token).map_err(|_| invalid("`access_token` is not header-safe"))?;
     authorization.set_sensitive(true);
     Ok(Grant {
         authorization,
         expires_in,
     })
+}
+
+/// `Bearer <token>` in memory that is zeroed when the last request using it is done
+/// (every clone of the header shares the one buffer); the parsed `token` is zeroed now.
+fn bearer_header(mut token: String) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    use zeroize::Zeroize as _;
+    let mut value = zeroize::Zeroizing::new(Vec::with_capacity(7 + token.len()));
+    value.extend_from_slice(b"Bearer ");
+    value.extend_from_slice(token.as_bytes());
+    token.zeroize();
+    HeaderValue::from_maybe_shared(Bytes::from_owner(value))
 }
 
 fn parse_expires_in(v: &serde_json::Value) -> Result<Duration, TokenError> {
