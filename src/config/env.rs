@@ -87,13 +87,13 @@ fn is_valid_name(name: &str) -> bool {
 
 /// Expands `${VAR}` in every string scalar of the tree (not in mapping keys).
 pub(super) fn expand_tree(
-    value: &mut serde_yaml_ng::Value,
+    value: &mut yaml_serde::Value,
     path: &mut String,
     env: &dyn Env,
     errors: &mut Vec<super::error::FieldError>,
     expanded: &mut Vec<String>,
 ) {
-    use serde_yaml_ng::Value;
+    use yaml_serde::Value;
     match value {
         Value::String(s) => match expand(s, env) {
             Ok(Some(value)) => {

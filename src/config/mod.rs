@@ -69,8 +69,8 @@ impl Config {
         env: &dyn Env,
         secrets: bool,
     ) -> Result<Config, ConfigError> {
-        let mut tree: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let mut tree: yaml_serde::Value =
+            yaml_serde::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         let mut errors = Vec::new();
         let mut expanded = Vec::new();
         env::expand_tree(
@@ -104,7 +104,7 @@ impl Config {
     }
 
     fn parse_expanded(
-        tree: serde_yaml_ng::Value,
+        tree: yaml_serde::Value,
         base_dir: &Path,
         secrets: bool,
     ) -> Result<Config, ConfigError> {

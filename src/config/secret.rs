@@ -96,13 +96,13 @@ mod tests {
 
     #[test]
     fn numeric_secrets_are_accepted_and_errors_never_echo() {
-        let s: Secret = serde_yaml_ng::from_str("839201748392017483").unwrap();
+        let s: Secret = yaml_serde::from_str("839201748392017483").unwrap();
         assert_eq!(s.expose(), "839201748392017483");
-        let err = serde_yaml_ng::from_str::<Secret>("8392017.5")
+        let err = yaml_serde::from_str::<Secret>("8392017.5")
             .unwrap_err()
             .to_string();
         assert!(!err.contains("8392017"), "{err}");
-        let err = serde_yaml_ng::from_str::<Secret>("[a, b]")
+        let err = yaml_serde::from_str::<Secret>("[a, b]")
             .unwrap_err()
             .to_string();
         assert!(err.contains("a string"), "{err}");

@@ -3,7 +3,7 @@
 //! fields the way errors do (`integrations[0].mode`, `clients.second.scopes`); the
 //! config loader still checks every field, so a typo in a test fails loudly.
 
-use serde_yaml_ng::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 use super::{KEY, temp_path};
 
@@ -36,17 +36,17 @@ impl TestConfig {
             "token": {"settle_delay": "0s"},
             "audit": {"path": audit},
         });
-        TestConfig(serde_yaml_ng::to_value(tree).unwrap())
+        TestConfig(yaml_serde::to_value(tree).unwrap())
     }
 
     /// A configuration given as YAML text (for tests that start from one).
     pub fn from_yaml(yaml: &str) -> Self {
-        TestConfig(serde_yaml_ng::from_str(yaml).unwrap())
+        TestConfig(yaml_serde::from_str(yaml).unwrap())
     }
 
     /// Sets the field at `path` to `value`, creating mappings on the way.
     pub fn set(mut self, path: &str, value: impl serde::Serialize) -> Self {
-        let value = serde_yaml_ng::to_value(value).unwrap();
+        let value = yaml_serde::to_value(value).unwrap();
         *slot(&mut self.0, path, true).unwrap_or_else(|| panic!("no field {path}")) = value;
         self
     }
@@ -67,7 +67,7 @@ impl TestConfig {
 
     /// Appends `value` to the list at `path` (`integrations`).
     pub fn push(mut self, path: &str, value: impl serde::Serialize) -> Self {
-        let value = serde_yaml_ng::to_value(value).unwrap();
+        let value = yaml_serde::to_value(value).unwrap();
         slot(&mut self.0, path, false)
             .and_then(Value::as_sequence_mut)
             .unwrap_or_else(|| panic!("no list {path}"))
@@ -80,13 +80,13 @@ impl TestConfig {
         if yaml.trim().is_empty() {
             return self;
         }
-        let other: Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let other: Value = yaml_serde::from_str(yaml).unwrap();
         merge(&mut self.0, other);
         self
     }
 
     pub fn yaml(&self) -> String {
-        serde_yaml_ng::to_string(&self.0).unwrap()
+        yaml_serde::to_string(&self.0).unwrap()
     }
 }
 
