@@ -218,9 +218,9 @@ impl SqliteStore {
                     exec(&tx,
                         "INSERT INTO endpoints (kind, name, endpoint, status, count, last_seen)
                          SELECT ?1, ?2, CASE
-                             WHEN EXISTS (SELECT 1 FROM endpoints WHERE kind = ?1 AND name = ?2 AND endpoint = ?3)
-                               OR (SELECT COUNT(DISTINCT endpoint) FROM endpoints WHERE kind = ?1 AND name = ?2) < ?7
-                             THEN ?3 ELSE ?8 END, ?4, ?5, ?6
+                             WHEN EXISTS (SELECT 1 FROM endpoints WHERE kind = ?1 AND name = ?2 AND endpoint = ?3) THEN ?3
+                             WHEN (SELECT COUNT(DISTINCT endpoint) FROM endpoints WHERE kind = ?1 AND name = ?2) < ?7 THEN ?3
+                             ELSE ?8 END, ?4, ?5, ?6
                          WHERE true
                          ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
                         params![kind, name, endpoint, status, *c as i64, now, endpoint_cap, OTHER_ENDPOINTS],
@@ -232,9 +232,9 @@ impl SqliteStore {
                 exec(&tx,
                     "INSERT INTO fallbacks (kind, name, endpoint, status, count, last_seen)
                      SELECT ?1, ?2, CASE
-                         WHEN EXISTS (SELECT 1 FROM fallbacks WHERE kind = ?1 AND name = ?2 AND endpoint = ?3)
-                           OR (SELECT COUNT(DISTINCT endpoint) FROM fallbacks WHERE kind = ?1 AND name = ?2) < ?7
-                         THEN ?3 ELSE ?8 END, ?4, ?5, ?6
+                         WHEN EXISTS (SELECT 1 FROM fallbacks WHERE kind = ?1 AND name = ?2 AND endpoint = ?3) THEN ?3
+                         WHEN (SELECT COUNT(DISTINCT endpoint) FROM fallbacks WHERE kind = ?1 AND name = ?2) < ?7 THEN ?3
+                         ELSE ?8 END, ?4, ?5, ?6
                      WHERE true
                      ON CONFLICT (kind, name, endpoint, status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
                     params![kind, name, endpoint, status, *c as i64, now, endpoint_cap, OTHER_ENDPOINTS],
@@ -245,9 +245,9 @@ impl SqliteStore {
                 exec(&tx,
                     "INSERT INTO shadow (kind, name, endpoint, key_status, oauth_status, count, last_seen)
                      SELECT ?1, ?2, CASE
-                         WHEN EXISTS (SELECT 1 FROM shadow WHERE kind = ?1 AND name = ?2 AND endpoint = ?3)
-                           OR (SELECT COUNT(DISTINCT endpoint) FROM shadow WHERE kind = ?1 AND name = ?2) < ?8
-                         THEN ?3 ELSE ?9 END, ?4, ?5, ?6, ?7
+                         WHEN EXISTS (SELECT 1 FROM shadow WHERE kind = ?1 AND name = ?2 AND endpoint = ?3) THEN ?3
+                         WHEN (SELECT COUNT(DISTINCT endpoint) FROM shadow WHERE kind = ?1 AND name = ?2) < ?8 THEN ?3
+                         ELSE ?9 END, ?4, ?5, ?6, ?7
                      WHERE true
                      ON CONFLICT (kind, name, endpoint, key_status, oauth_status) DO UPDATE SET count = count + excluded.count, last_seen = excluded.last_seen",
                     params![kind, name, endpoint, key_status, oauth_status, *c as i64, now, endpoint_cap, OTHER_ENDPOINTS],

@@ -10,18 +10,47 @@ use http::uri::PathAndQuery;
 
 /// True for a path that another server could normalise into a different one: a `.` or
 /// `..` segment (raw or percent-encoded, in any case), a backslash (raw or `%5c`), or an
-/// empty segment (`//`) before the last one.
+/// empty segment (`//`) before the last one. Allocation-free: it runs on every request.
 pub fn unsafe_path(path: &str) -> bool {
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    segments.iter().enumerate().any(|(i, seg)| {
-        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
-        (seg.is_empty() && i < last)
-            || decoded == "."
-            || decoded == ".."
-            || seg.contains('\\')
-            || seg.to_ascii_lowercase().contains("%5c")
-    })
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || is_dot_segment(seg.as_bytes()) {
+            return true;
+        }
+        let bytes = seg.as_bytes();
+        if bytes.contains(&b'\\')
+            || bytes
+                .windows(3)
+                .any(|w| w[0] == b'%' && w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c'))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// `.` or `..`, each dot raw or as `%2e` (any case).
+fn is_dot_segment(mut seg: &[u8]) -> bool {
+    let mut dots = 0;
+    while !seg.is_empty() {
+        if seg[0] == b'.' {
+            seg = &seg[1..];
+        } else if seg.len() >= 3
+            && seg[0] == b'%'
+            && seg[1] == b'2'
+            && seg[2].eq_ignore_ascii_case(&b'e')
+        {
+            seg = &seg[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 /// The caller's path and query, or `None` for targets without one (`*`, authority-form).

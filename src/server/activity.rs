@@ -89,9 +89,10 @@ where
     type Future = TrackedFuture<S::Future>;
 
     fn call(&self, req: Request<ReqB>) -> Self::Future {
+        // The clock is read once per request, when it ends (InProgress's drop): the
+        // idle deadline only matters once nothing is in progress.
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity.served.store(true, Ordering::Release);
-        self.activity.touch();
         TrackedFuture {
             inner: self.inner.call(req),
             guard: Some(InProgress(Arc::clone(&self.activity))),
