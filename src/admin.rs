@@ -10,7 +10,8 @@
 //! - `POST /reload`: re-read the config file (as SIGHUP does); 200 with a summary, or
 //!   409 with the reason and the old configuration still serving.
 //!
-//! With `admin_token` set, everything but `/healthz` needs `Authorization: Bearer
+//! With `admin_token` set, everything but `/healthz` and `/readyz` (orchestrator probes)
+//! needs `Authorization: Bearer
 //! <token>` (or HTTP Basic with the token as password, so a browser can open the
 //! dashboard). Nothing here ever shows a token, a secret or a raw key.
 
@@ -62,14 +63,14 @@ async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     // Orchestrator probes stay open; everything else answers only to this host's names
     // (DNS rebinding: a page whose name now resolves to 127.0.0.1 sends its own Host).
     let probe = matches!(path, "/healthz" | "/readyz");
-    if !probe && config.admin_listen.ip().is_loopback() && !host_allowed(req, &config.admin_hosts) {
+    if !probe && core.admin_bound.ip().is_loopback() && !host_allowed(req, &config.admin_hosts) {
         return json_error(
             StatusCode::FORBIDDEN,
             "host_not_allowed",
             "the admin listener answers to localhost names only (see admin_hosts)",
         );
     }
-    if path != "/healthz" {
+    if !probe {
         if let Some(token) = &config.admin_token {
             if !authorized(req, token) {
                 let mut r = json_error(
@@ -235,7 +236,12 @@ fn host_allowed(req: &Request<Incoming>, allowed: &[String]) -> bool {
     let host = host.to_ascii_lowercase();
     let name = match host.rfind(':') {
         // `[::1]:9900` and `localhost:9900`; a bare `[::1]` has no port after `]`.
-        Some(i) if !host[i..].contains(']') => &host[..i],
+        Some(i) if !host[i..].contains(']') => {
+            if !host[i + 1..].bytes().all(|b| b.is_ascii_digit()) {
+                return false; // `localhost:evil`
+            }
+            &host[..i]
+        }
         _ => host.as_str(),
     };
     allowed.iter().any(|a| a == name)

@@ -32,6 +32,8 @@ pub struct Core {
     pub audit_limit: RateLimiter,
     /// Where SIGHUP and `POST /reload` read the new configuration from.
     source: Option<ConfigSource>,
+    /// Where the admin listener is really bound (a reload cannot move it).
+    pub admin_bound: std::net::SocketAddr,
 }
 
 /// The file (and environment for `${VAR}`) a reload reads.
@@ -49,6 +51,10 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("client `{client}`: Coupa rejected the new credentials: {error}")]
     ClientRejected { client: Arc<str>, error: TokenError },
+    #[error(
+        "the admin listener is bound to {bound}, beyond this host, until a restart: admin_token cannot be removed by a reload"
+    )]
+    AdminTokenRequired { bound: std::net::SocketAddr },
 }
 
 /// What a reload applied.
@@ -70,6 +76,7 @@ impl Core {
         audit: Arc<Audit>,
         metrics: Arc<Metrics>,
         source: Option<ConfigSource>,
+        admin_bound: std::net::SocketAddr,
     ) -> Core {
         let shadow_limiter = Arc::new(RateLimiter::new(config.cutover.shadow_max_per_second));
         let refreshers = tokens.spawn_refreshers();
@@ -89,6 +96,7 @@ impl Core {
             reload_limit: RateLimiter::with_burst(2, 5),
             audit_limit: RateLimiter::with_burst(5, 20),
             source,
+            admin_bound,
         }
     }
 
@@ -120,6 +128,12 @@ impl Core {
     /// on the state they started with.
     pub async fn reload(&self, next: Config) -> Result<ReloadSummary, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
+        // Validation checked the *new* admin_listen, but the socket stays where it is.
+        if !self.admin_bound.ip().is_loopback() && next.admin_token.is_none() {
+            return Err(ReloadError::AdminTokenRequired {
+                bound: self.admin_bound,
+            });
+        }
         let restart_needed = restart_needed(&self.config(), &next);
         let (tokens, fresh) = self
             .tokens()

@@ -26,6 +26,7 @@ use crate::proxy::{ProxyService, Upstream};
 pub fn proxy_stack<U: Upstream>(
     proxy: ProxyService<U>,
     in_flight: &InFlight,
+    source_in_flight: Arc<AtomicUsize>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ResponseBody<U::Body>>,
@@ -41,26 +42,41 @@ pub fn proxy_stack<U: Upstream>(
             X_COUPA_API_KEY.clone(),
             AUTHORIZATION,
         ]))
-        // Shed load before doing any work: beyond `max_in_flight` requests, 503.
-        .layer(in_flight.clone())
+        // Shed load before doing any work: beyond `max_in_flight` requests, or
+        // `max_in_flight_per_ip` from this caller's address (one source cannot hold
+        // every slot with trickled uploads), 503.
+        .layer(in_flight.for_source(source_in_flight))
         // Last: admit → authenticate → route → token → rewrite → forward → pass back →
         // record (crate::proxy). ProxyService also wraps the body in an idle timeout,
         // server.body_read_timeout, so a trickled upload cannot hold a request open.
         .service(proxy)
 }
 
-/// A process-wide cap on requests in progress.
+/// A process-wide cap on requests in progress, and one per source address.
 #[derive(Clone)]
 pub struct InFlight {
     count: Arc<AtomicUsize>,
     max: usize,
+    /// The connection's source address's count, and its cap.
+    source: Arc<AtomicUsize>,
+    max_per_source: usize,
 }
 
 impl InFlight {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, max_per_source: usize) -> Self {
         InFlight {
             count: Arc::default(),
             max,
+            source: Arc::default(),
+            max_per_source,
+        }
+    }
+
+    /// This cap, counting also against `source` (one address's requests in progress).
+    pub fn for_source(&self, source: Arc<AtomicUsize>) -> Self {
+        InFlight {
+            source,
+            ..self.clone()
         }
     }
 }
@@ -82,12 +98,13 @@ pub struct InFlightLimit<S> {
     limit: InFlight,
 }
 
-/// Decrements the in-flight count when the request is done (or dropped).
-struct Slot(Arc<AtomicUsize>);
+/// Decrements the in-flight counts when the request is done (or dropped).
+struct Slot(Arc<AtomicUsize>, Arc<AtomicUsize>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -107,11 +124,16 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let previous = self.limit.count.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(Arc::clone(&self.limit.count));
-        if previous >= self.limit.max {
+        let from_source = self.limit.source.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(
+            Arc::clone(&self.limit.count),
+            Arc::clone(&self.limit.source),
+        );
+        if previous >= self.limit.max || from_source >= self.limit.max_per_source {
             drop(slot);
             tracing::warn!(
                 max_in_flight = self.limit.max,
+                max_in_flight_per_ip = self.limit.max_per_source,
                 "overloaded: request refused"
             );
             let response = json_error(

@@ -547,6 +547,13 @@ async fn trace_odd_methods_and_paths_outside_the_api_never_carry_a_credential() 
         ("/api/.%2E/oauth2/token", "400", "unsafe_path"),
         ("/api//invoices", "400", "unsafe_path"),
         ("/api/invoices%5c..%5cusers", "400", "unsafe_path"),
+        // Found by the attacker review: an encoded slash turns `..` into a segment for a
+        // front end that decodes before normalising; `..;` is `..` to servlet containers.
+        ("/api/..%2Foauth2%2Ftoken", "400", "unsafe_path"),
+        ("/api/x/..%2F..%2Fadmin", "400", "unsafe_path"),
+        ("/api/..;/oauth2/token", "400", "unsafe_path"),
+        ("/api/%252e%252e/oauth2/token", "400", "unsafe_path"),
+        ("/api/%c0%ae%c0%ae/oauth2/token", "400", "unsafe_path"),
     ];
     for (path, status, code) in cases {
         let raw = raw_exchange(
@@ -775,4 +782,66 @@ async fn one_address_cannot_take_every_connection_slot() {
     // Another address is served at once.
     let took = keyed_request_succeeds_within(proxy.proxy_addr, Duration::from_secs(1)).await;
     assert!(took < Duration::from_millis(200), "{took:?}");
+}
+
+/// Found by the attacker review: with the default bearer forwarding, a source with no
+/// key could hold every in-flight slot with uploads trickled just under the body idle
+/// timeout (HTTP/2 multiplies one connection into 256 streams).
+#[tokio::test]
+async fn one_address_cannot_hold_every_request_in_progress() {
+    let (_mock, proxy) = start_pair(
+        mock(),
+        "server: {max_in_flight: 100, max_in_flight_per_ip: 5, body_read_timeout: 10s}",
+    )
+    .await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(proxy.proxy_addr).await.unwrap();
+        s.write_all(b"POST /api/attachments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer junk\r\nContent-Length: 1000\r\n\r\nx")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        match tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut buf)).await {
+            Ok(Ok(_)) if &buf == b"HTTP/1.1 503" => refused += 1,
+            _ => held.push(s),
+        }
+    }
+    assert_eq!(
+        (held.len(), refused),
+        (5, 5),
+        "5 uploads in progress, the rest refused"
+    );
+    let took = keyed_request_succeeds_within(proxy.proxy_addr, Duration::from_secs(1)).await;
+    assert!(
+        took < Duration::from_millis(300),
+        "another address is served at once: {took:?}"
+    );
+}
+
+/// Found by the attacker review: a canary upload that stalled while being buffered for
+/// its replay was a 400, not the 408 a stalled streamed upload gets.
+#[tokio::test]
+async fn a_stalled_canary_upload_is_a_408() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set("integrations[0].mode", "canary")
+        .set("integrations[0].canary_percent", 100)
+        .set("server.body_read_timeout", "1s")
+        .yaml();
+    let proxy = start_proxy(&yaml).await;
+    wait_ready(proxy.admin_addr).await;
+    let mut s = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    s.write_all(format!("POST /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nContent-Length: 10\r\n\r\nabc").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 408");
+    assert_eq!(mock.api_hits(), 0);
 }

@@ -267,13 +267,15 @@ async fn shutdown_lets_in_flight_requests_finish() {
 }
 
 #[tokio::test]
-async fn the_admin_token_guards_everything_but_healthz() {
+async fn the_admin_token_guards_everything_but_the_probes() {
     let extra = "admin_token: admin-token-0123456789\n";
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let proxy = start_proxy(&config_yaml(&mock.base_url(), extra)).await;
     let admin = proxy.admin_addr;
     assert_eq!(get(admin, "/healthz", &[]).await.0, StatusCode::OK);
-    for path in ["/readyz", "/audit", "/metrics", "/tokens", "/"] {
+    // Orchestrator probes need no token (readiness shows names and states, no secrets).
+    assert_ne!(get(admin, "/readyz", &[]).await.0, StatusCode::UNAUTHORIZED);
+    for path in ["/audit", "/metrics", "/tokens", "/"] {
         let (status, headers, body) = get(admin, path, &[]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
         assert!(
@@ -600,4 +602,40 @@ async fn futures_count(admin: std::net::SocketAddr) -> usize {
         }
     }
     n
+}
+
+/// Found by the attacker review: a reload could drop admin_token while the admin socket
+/// stayed bound beyond loopback (admin_listen only moves on restart).
+#[tokio::test]
+async fn a_reload_cannot_drop_the_token_of_an_exposed_admin_listener() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let exposed = TestConfig::standard(&mock.base_url())
+        .set("admin_listen", "0.0.0.0:0")
+        .set("admin_token", "admin-token-0123456789");
+    let (path, proxy) = start_from_file(&exposed.yaml()).await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.admin_addr.port()));
+    let unprotected = exposed
+        .set("admin_listen", "127.0.0.1:0")
+        .remove("admin_token");
+    std::fs::write(&path, unprotected.yaml()).unwrap();
+    let (status, _, body) = send(
+        Method::POST,
+        admin,
+        "/reload",
+        &[("authorization", "Bearer admin-token-0123456789")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("admin_token"));
+    assert_eq!(
+        get(admin, "/audit", &[]).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the token still guards it"
+    );
 }

@@ -157,6 +157,18 @@ fn check(extra: &[(String, String)]) -> Result<(), TestCaseError> {
         );
         prop_assert!(!HOP_BY_HOP.contains(&n), "hop-by-hop `{}` forwarded", n);
         prop_assert!(
+            ![
+                "x-http-method-override",
+                "x-http-method",
+                "x-method-override",
+                "x-forwarded-host",
+                "forwarded"
+            ]
+            .contains(&n),
+            "override header `{}` forwarded",
+            n
+        );
+        prop_assert!(
             !listed.iter().any(|l| l == n),
             "`{}` was listed in Connection",
             n

@@ -51,8 +51,9 @@ pub(super) struct RawConfig {
     pub audit: AuditSettings,
     /// Optional: terminate TLS on `listen` (rustls; HTTP/1.1 and h2 by ALPN).
     pub tls: Option<TlsSettings>,
-    /// Optional; when set every admin path but `/healthz` needs `Authorization: Bearer
-    /// <token>` (or Basic with it as password). At least 16 characters, usually `${VAR}`.
+    /// Optional (required when `admin_listen` is not loopback); when set every admin path
+    /// but `/healthz` and `/readyz` needs `Authorization: Bearer <token>` (or Basic with it
+    /// as password). At least 16 characters, usually `${VAR}`.
     pub admin_token: Option<Secret>,
     /// Extra `Host` names the admin listener answers to when it listens on loopback
     /// (default: `localhost`, `127.0.0.1`, `[::1]` only — a page that rebinds its own
@@ -410,6 +411,10 @@ pub struct ServerSettings {
     pub max_connections_per_ip: usize,
     /// `4096` requests being proxied at once; beyond it `503 overloaded`.
     pub max_in_flight: usize,
+    /// `1024` requests in progress from one address (all its connections and HTTP/2
+    /// streams together); beyond it `503 overloaded`, so one source trickling uploads
+    /// cannot hold every slot. Raise it when many integrations share one address.
+    pub max_in_flight_per_ip: usize,
     /// `30s` (1ms–1h): a request body that sends nothing this long is abandoned (408;
     /// Coupa never gets a complete request).
     #[serde(with = "humantime_serde")]
@@ -437,6 +442,7 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             max_connections_per_ip: 512,
             max_in_flight: 4096,
+            max_in_flight_per_ip: 1024,
             body_read_timeout: Duration::from_secs(30),
         }
     }

@@ -144,10 +144,14 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
         );
     }
     let srv = &raw.server;
-    if srv.max_connections == 0 || srv.max_in_flight == 0 || srv.max_connections_per_ip == 0 {
+    if srv.max_connections == 0
+        || srv.max_in_flight == 0
+        || srv.max_connections_per_ip == 0
+        || srv.max_in_flight_per_ip == 0
+    {
         v.error(
             "server",
-            "max_connections, max_connections_per_ip and max_in_flight must be at least 1",
+            "max_connections, max_connections_per_ip, max_in_flight and max_in_flight_per_ip must be at least 1",
         );
     }
     if raw.cutover.shadow_max_per_second == 0 {

@@ -15,7 +15,7 @@ use super::send::Upstream;
 use super::send::send;
 use super::shadow::Replay;
 use crate::audit::Outcome;
-use crate::body::{CallerBody, Inbound, RequestBody, ResponseBody};
+use crate::body::{BodyIdle, CallerBody, Inbound, RequestBody, ResponseBody};
 use crate::config::{Client, Instance};
 use crate::error::ProxyError;
 use crate::routes::Caller;
@@ -110,6 +110,10 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         let out = Outbound::from_parts(parts, target, instance, self.peer);
         let mut body = match RequestBody::replayable(body, limit).await {
             Ok(body) => body,
+            // A body that stalled while being buffered is a 408, as when streamed.
+            Err(e) if e.is::<BodyIdle>() => {
+                return Handled::rejected(who(), ProxyError::ClientBodyTimeout);
+            }
             Err(e) => return Handled::rejected(who(), ProxyError::ClientBody(e)),
         };
         let first = out.build(Credential::Bearer(token.authorization()), body.send_body());

@@ -20,6 +20,16 @@ pub static X_COUPA_API_KEY: HeaderName = HeaderName::from_static("x-coupa-api-ke
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Headers some front ends honour to change the method or the origin they believe in:
+/// never forwarded, so they cannot get a method past `forwarding.methods` or redirect
+/// Coupa's self-links.
+static OVERRIDES: [HeaderName; 5] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("forwarded"),
+];
 
 /// Removes the headers `Connection` lists, then the hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -27,9 +37,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         let listed: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            // Bytes, not `to_str`: one non-ASCII byte must not hide the whole list.
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
             .collect();
         for name in listed {
             headers.remove(name);
@@ -82,6 +92,9 @@ pub fn sanitize_request(headers: &mut HeaderMap, peer: IpAddr) {
     headers.remove(HOST); // the client sets it from the instance URI
     headers.remove(CONTENT_LENGTH); // framing is hyper's to generate
     headers.remove(EXPECT); // 100-continue was settled with the caller already
+    for name in &OVERRIDES {
+        headers.remove(name);
+    }
     append_forwarded_for(headers, peer);
 }
 

@@ -18,7 +18,15 @@ use crate::cutover::RateLimiter;
 #[derive(Default)]
 struct Open {
     total: AtomicUsize,
-    by_ip: Mutex<HashMap<IpAddr, usize>>,
+    by_ip: Mutex<HashMap<IpAddr, PerIp>>,
+}
+
+/// One source address: its open connections, and its requests in progress (shared by
+/// all of its connections, counted by the stack's in-flight layer).
+#[derive(Default)]
+struct PerIp {
+    connections: usize,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Open {
@@ -34,16 +42,18 @@ impl Open {
             return Err("server.max_connections");
         }
         let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = by_ip.entry(ip).or_insert(0);
-        if *n >= per_ip {
+        let entry = by_ip.entry(ip).or_default();
+        if entry.connections >= per_ip {
             drop(by_ip);
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err("server.max_connections_per_ip");
         }
-        *n += 1;
+        entry.connections += 1;
+        let in_flight = Arc::clone(&entry.in_flight);
         Ok(OpenConnection {
             open: Arc::clone(self),
             ip,
+            in_flight,
         })
     }
 }
@@ -52,14 +62,22 @@ impl Open {
 pub(super) struct OpenConnection {
     open: Arc<Open>,
     ip: IpAddr,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl OpenConnection {
+    /// The requests in progress of this connection's source address.
+    pub(super) fn in_flight(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.in_flight)
+    }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         let mut by_ip = self.open.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = by_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(entry) = by_ip.get_mut(&self.ip) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
                 by_ip.remove(&self.ip);
             }
         }

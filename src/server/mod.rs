@@ -123,24 +123,28 @@ pub async fn start_with_file(
     );
     let audit = Arc::new(Audit::open(&config, Arc::clone(&metrics)).await?);
     let tls = crate::tls::acceptor(config.tls.as_ref())?;
+    let proxy_listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let proxy_addr = local_addr(&proxy_listener, config.listen)?;
+    let admin_addr = local_addr(&admin_listener, config.admin_listen)?;
     let core = Arc::new(Core::new(
         Arc::clone(&config),
         tokens,
         Arc::clone(&audit),
         metrics,
         source,
+        admin_addr,
     ));
 
-    let proxy_listener = bind(config.listen).await?;
-    let admin_listener = bind(config.admin_listen).await?;
-    let proxy_addr = local_addr(&proxy_listener, config.listen)?;
-    let admin_addr = local_addr(&admin_listener, config.admin_listen)?;
     let (shutdown, rx) = watch::channel(false);
 
     let worker_count = config.server.worker_count();
     let mut handoffs = Vec::with_capacity(worker_count);
     let mut workers = Vec::with_capacity(worker_count);
-    let in_flight = stack::InFlight::new(config.server.max_in_flight);
+    let in_flight = stack::InFlight::new(
+        config.server.max_in_flight,
+        config.server.max_in_flight_per_ip,
+    );
     for index in 0..worker_count {
         let worker = worker::Worker {
             index,

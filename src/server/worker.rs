@@ -73,6 +73,7 @@ impl Worker {
                     let service = TowerToHyperService::new(stack::proxy_stack(
                         ProxyService::new(Arc::clone(&self.routes), Arc::clone(&self.upstream), peer),
                         &self.in_flight,
+                        open.in_flight(),
                     ));
                     conn::spawn(
                         &builder,
