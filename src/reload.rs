@@ -79,13 +79,14 @@ impl Core {
         admin_bound: std::net::SocketAddr,
     ) -> Core {
         let shadow_limiter = Arc::new(RateLimiter::new(config.cutover.shadow_max_per_second));
+        let replay_budget = Arc::new(replay_budget(&config));
         let refreshers = tokens.spawn_refreshers();
         let routes = Routes::new(
             config,
             tokens,
             Arc::clone(&audit.recorder),
             Arc::clone(&metrics),
-            shadow_limiter,
+            (shadow_limiter, replay_budget),
         );
         Core {
             routes: Arc::new(ArcSwap::from_pointee(routes)),
@@ -163,6 +164,13 @@ impl Core {
         } else {
             Arc::new(RateLimiter::new(rate))
         };
+        // So does the replay budget (its permits may be held by requests in progress).
+        let replay_budget =
+            if current.config.cutover.replay_buffer_budget == next.cutover.replay_buffer_budget {
+                Arc::clone(&current.replay_budget)
+            } else {
+                Arc::new(replay_budget(&next))
+            };
         drop(current);
         let refreshers = tokens.spawn_refreshers();
         self.routes.store(Arc::new(Routes::new(
@@ -170,7 +178,7 @@ impl Core {
             tokens,
             Arc::clone(&self.audit.recorder),
             Arc::clone(&self.metrics),
-            shadow_limiter,
+            (shadow_limiter, replay_budget),
         )));
         // The old refreshers stop here (aborted on drop).
         *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()) = refreshers;
@@ -187,6 +195,12 @@ impl Core {
         crate::memory::release_freed();
         Ok(summary)
     }
+}
+
+/// The canary replay budget in KiB permits.
+fn replay_budget(config: &Config) -> tokio::sync::Semaphore {
+    let kib = usize::try_from(config.cutover.replay_buffer_budget / 1024).unwrap_or(usize::MAX);
+    tokio::sync::Semaphore::new(kib.min(tokio::sync::Semaphore::MAX_PERMITS))
 }
 
 /// Settings that a reload cannot apply to running listeners and pools.

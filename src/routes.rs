@@ -37,6 +37,8 @@ pub struct Routes {
     pub recorder: Arc<Recorder>,
     pub metrics: Arc<Metrics>,
     pub shadow_limiter: Arc<RateLimiter>,
+    /// Canary replay buffers, in KiB permits (`cutover.replay_buffer_budget`).
+    pub replay_budget: Arc<tokio::sync::Semaphore>,
     pub bystanders: Bystanders,
     callers: KeyMap<Arc<Caller>>,
 }
@@ -49,7 +51,7 @@ impl Routes {
         tokens: TokenCache,
         recorder: Arc<Recorder>,
         metrics: Arc<Metrics>,
-        shadow_limiter: Arc<RateLimiter>,
+        (shadow_limiter, replay_budget): (Arc<RateLimiter>, Arc<tokio::sync::Semaphore>),
     ) -> Self {
         let callers = KeyMap::new(config.integrations.iter().map(|i| {
             let caller = Caller {
@@ -74,6 +76,7 @@ impl Routes {
             recorder,
             metrics,
             shadow_limiter,
+            replay_budget,
             bystanders,
             callers,
         }

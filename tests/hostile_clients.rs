@@ -845,3 +845,56 @@ async fn a_stalled_canary_upload_is_a_408() {
     assert_eq!(&buf, b"HTTP/1.1 408");
     assert_eq!(mock.api_hits(), 0);
 }
+
+/// Found by the attacker review: canary uploads stalled just before their last byte
+/// held up to replay_body_limit each, for every request in flight (~4 GiB by default).
+/// The replay buffers share cutover.replay_buffer_budget; beyond it a canary body
+/// streams (and so is not retried with the key).
+#[tokio::test]
+async fn stalled_canary_uploads_cannot_buffer_more_than_the_replay_budget() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set("integrations[0].mode", "canary")
+        .set("integrations[0].canary_percent", 100)
+        .set("cutover.replay_buffer_budget", "2KiB")
+        .set("server.body_read_timeout", "2s")
+        .yaml();
+    let proxy = start_proxy(&yaml).await;
+    wait_ready(proxy.admin_addr).await;
+    // The client lacks core.supplier.write: OAuth gets 403, the key would succeed.
+    let body = vec![b'x'; 1500];
+    let post = || {
+        send(
+            Method::POST,
+            proxy.proxy_addr,
+            "/api/suppliers",
+            &[
+                ("x-coupa-api-key", KEY),
+                ("content-type", "application/json"),
+            ],
+            bytes::Bytes::from(body.clone()),
+        )
+    };
+    assert!(
+        post().await.0.is_success(),
+        "within the budget: buffered, 403 → key fallback"
+    );
+
+    // A stalled upload holds the whole budget...
+    let mut stalled = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    stalled
+        .write_all(format!("POST /api/suppliers HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nContent-Length: 2000\r\n\r\nxx").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so the next canary body streams: OAuth's 403 passes back, no replay.
+    assert_eq!(post().await.0, StatusCode::FORBIDDEN);
+    // Once the stalled upload times out (408), the budget is back.
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), stalled.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 408");
+    assert!(post().await.0.is_success());
+}

@@ -251,6 +251,11 @@ pub struct CutoverSettings {
     pub replay_body_limit: u64,
     /// `10`: cap on shadow replays per second, all integrations together.
     pub shadow_max_per_second: u32,
+    /// `64MiB`: memory for canary bodies buffered for a replay, all requests together;
+    /// when it is used up a canary body streams (and is not retried with the key), so
+    /// stalled uploads cannot make memory grow to `max_in_flight` × `replay_body_limit`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub replay_buffer_budget: u64,
 }
 
 impl Default for CutoverSettings {
@@ -258,6 +263,7 @@ impl Default for CutoverSettings {
         CutoverSettings {
             replay_body_limit: 1024 * 1024,
             shadow_max_per_second: 10,
+            replay_buffer_budget: 64 * 1024 * 1024,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 
 use super::handle::Proxy;
 use super::handled::{Handled, Who};
@@ -108,6 +109,21 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         };
         let (parts, body) = req.into_parts();
         let out = Outbound::from_parts(parts, target, instance, self.peer);
+        // A body buffered for a replay holds its share of the budget until this request
+        // is done; with the budget used up, it streams (no key fallback for it).
+        let (limit, _budget) = match body.size_hint().exact() {
+            Some(n) if n > 0 && n <= limit => {
+                let kib = u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
+                match Arc::clone(&self.routes.replay_budget).try_acquire_many_owned(kib) {
+                    Ok(permit) => (limit, Some(permit)),
+                    Err(_) => {
+                        tracing::debug!(integration = %caller.integration.name, "replay buffer budget used up; streaming this canary body");
+                        (0, None)
+                    }
+                }
+            }
+            _ => (limit, None),
+        };
         let mut body = match RequestBody::replayable(body, limit).await {
             Ok(body) => body,
             // A body that stalled while being buffered is a 408, as when streamed.

@@ -53,7 +53,10 @@ fn routes() -> Arc<ArcSwap<Routes>> {
         tokens,
         recorder,
         metrics,
-        Arc::new(RateLimiter::new(1)),
+        (
+            Arc::new(RateLimiter::new(1)),
+            Arc::new(tokio::sync::Semaphore::new(1024)),
+        ),
     )))
 }
 

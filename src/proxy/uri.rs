@@ -16,7 +16,10 @@ use http::uri::PathAndQuery;
 /// these. Allocation-free: it runs on every request.
 pub fn unsafe_path(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if bytes.iter().any(|&b| !(0x21..0x7f).contains(&b) || b == b'\\') {
+    if bytes
+        .iter()
+        .any(|&b| !(0x21..0x7f).contains(&b) || b == b'\\')
+    {
         return true;
     }
     let mut i = 0;
