@@ -83,6 +83,11 @@ pub struct DemoArgs {
     /// Mock Coupa listener.
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub mock_listen: SocketAddr,
+    /// Directory for the demo's config and audit (default: a new one under the system
+    /// temp directory, printed at start); `keybridge audit --config DIR/config.yaml`
+    /// reads the demo's audit.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -18,6 +18,8 @@ pub struct Demo {
     pub mock: MockHandle,
     pub proxy: Running,
     pub config_yaml: String,
+    /// Where the config (`config.yaml`) and the audit (`audit.db`) are.
+    pub dir: std::path::PathBuf,
 }
 
 /// Starts the mock and the proxy.
@@ -33,6 +35,14 @@ pub async fn start(args: &DemoArgs) -> anyhow::Result<Demo> {
         .settle(std::time::Duration::from_secs(1))
         .start(args.mock_listen)
         .await?;
+    // A directory of this demo's own: nothing else (a test run, another demo) writes
+    // into its audit, and `keybridge audit` can be pointed at it.
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("keybridge-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the demo directory {}: {e}", dir.display()))?;
     let config_yaml = format!(
         r#"listen: {listen}
 admin_listen: {admin}
@@ -59,9 +69,7 @@ audit:
   path: {audit}
   flush_interval: 2s
 "#,
-        audit = std::env::temp_dir()
-            .join("keybridge-demo-audit.db")
-            .display(),
+        audit = dir.join("audit.db").display(),
         listen = args.listen,
         admin = args.admin_listen,
         base = mock.base_url(),
@@ -70,11 +78,15 @@ audit:
     );
     let env = HashMap::from([("DEMO_CLIENT_SECRET".to_owned(), secret)]);
     let config = Config::from_yaml(&config_yaml, Path::new("."), &env)?;
+    let config_path = dir.join("config.yaml");
+    std::fs::write(&config_path, &config_yaml)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", config_path.display()))?;
     let proxy = crate::server::start(config).await?;
     Ok(Demo {
         mock,
         proxy,
         config_yaml,
+        dir,
     })
 }
 
@@ -98,8 +110,11 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 curl -s -H 'X-COUPA-API-KEY: {legacy}' http://{p}/api/purchase_orders/7   # observe: forwarded with its key, recorded\n\
          \x20 curl -s http://{a}/audit                                   # who still sends keys, and the scopes they need\n\n\
          The mock answers with what it received: \"auth\": \"bearer\" shows the key was swapped.\n\
+         The demo's audit, also after it stopped:\n\
+         \x20 keybridge audit --config {config}\n\n\
          Ctrl-C to stop.\n",
         mock = demo.mock.base_url(),
+        config = demo.dir.join("config.yaml").display(),
         cfg = demo.config_yaml,
         key = DEMO_API_KEY,
         legacy = LEGACY_API_KEY,

@@ -30,6 +30,8 @@ fn addr_after(text: &str, label: &str) -> SocketAddr {
 
 #[tokio::test]
 async fn the_demo_swaps_the_key_and_stops_cleanly_on_sigterm() {
+    // Its own directory: a test never writes into a demo's (or anyone's) audit.
+    let dir = temp_path("demo");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keybridge"))
         .args([
             "demo",
@@ -37,6 +39,7 @@ async fn the_demo_swaps_the_key_and_stops_cleanly_on_sigterm() {
             "--admin-listen=127.0.0.1:0",
             "--mock-listen=127.0.0.1:0",
         ])
+        .arg(format!("--dir={}", dir.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -83,4 +86,32 @@ async fn the_demo_swaps_the_key_and_stops_cleanly_on_sigterm() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains(key), "the key is never logged");
+
+    // The printed command reads the demo's audit after it stopped.
+    let config = dir.join("config.yaml");
+    assert!(
+        text.contains(&format!("keybridge audit --config {}", config.display())),
+        "{text}"
+    );
+    let audit = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["audit", "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let report = json(&audit.stdout);
+    let erp = report["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "demo-erp")
+        .unwrap();
+    assert_eq!(
+        erp["requests"]["oauth"], 1,
+        "the one request of this demo, nothing else"
+    );
 }
