@@ -211,6 +211,11 @@ fn each_mistake_is_named_with_exit_code_1() {
             "tls: invalid type: string",
         ),
         (
+            "a variable without braces",
+            v.replace("${ERP_SYNC_SECRET}", "$ERP_SYNC_SECRET"),
+            "clients.erp-sync.client_secret: `$ERP_SYNC_SECRET` is not expanded: write `${ERP_SYNC_SECRET}`",
+        ),
+        (
             "secret as an instance name",
             v.replace("    instance: prod\n", "    instance: ${ERP_SYNC_SECRET}\n"),
             "<value from the environment>",

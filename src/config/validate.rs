@@ -122,6 +122,11 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
         v.error("instances", "define at least one Coupa instance");
     }
     durations(raw, v);
+    if let Some(token) = raw.admin_token.as_ref().filter(|_| secrets) {
+        if unbraced_variable(token.expose()).is_some() {
+            v.error("admin_token", unbraced_hint(token.expose()));
+        }
+    }
     if secrets
         && raw
             .admin_token
@@ -157,6 +162,25 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
     if raw.cutover.shadow_max_per_second == 0 {
         v.error("cutover.shadow_max_per_second", "must be at least 1");
     }
+}
+
+/// `NAME` when a secret is exactly `$NAME`: an environment variable written without
+/// braces, which would otherwise be sent to Coupa literally (and fail as invalid_client).
+fn unbraced_variable(value: &str) -> Option<&str> {
+    let name = value.strip_prefix('$')?;
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic() || first == '_')
+        .then_some(())
+        .filter(|()| chars.all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .map(|()| name)
+}
+
+fn unbraced_hint(value: &str) -> String {
+    let name = unbraced_variable(value).unwrap_or_default();
+    format!(
+        "`${name}` is not expanded: write `${{{name}}}` to read the environment variable (a secret that really is `${name}` can come from a file: client_secret_file)"
+    )
 }
 
 /// Every duration setting with its range (inclusive), so no duration arithmetic later
@@ -355,6 +379,10 @@ fn client_secret(
             v.error(format!("{field}.client_secret"), "must not be empty");
             None
         }
+        (Some(s), None) if unbraced_variable(s.expose()).is_some() => {
+            v.error(format!("{field}.client_secret"), unbraced_hint(s.expose()));
+            None
+        }
         (Some(s), None) => Some(s),
         (None, Some(path)) => {
             let path = base_dir.join(path);
@@ -470,6 +498,9 @@ fn fingerprint(
         (None, Some(key)) => {
             if key.is_empty() {
                 v.error(format!("{field}.api_key"), "must not be empty");
+                None
+            } else if unbraced_variable(key.expose()).is_some() {
+                v.error(format!("{field}.api_key"), unbraced_hint(key.expose()));
                 None
             } else if !key.expose().bytes().all(|b| (0x21..0x7f).contains(&b)) {
                 v.error(
