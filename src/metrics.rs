@@ -52,13 +52,32 @@ struct OpLabels {
     op: &'static str,
 }
 
-/// Pre-created request counters of one subject, one per [`Outcome`].
+/// Request counters of one subject: pre-created for the outcomes it can have (so
+/// `/metrics` shows no impossible series), created on first use for any other.
 #[derive(Clone, Debug)]
-pub struct OutcomeCounters(OutcomeMap<Counter>);
+pub struct OutcomeCounters {
+    counters: OutcomeMap<Option<Counter>>,
+    family: Family<RequestLabels, Counter>,
+    integration: Arc<str>,
+    mode: &'static str,
+}
 
 impl OutcomeCounters {
     pub fn inc(&self, outcome: Outcome) {
-        self.0[outcome].inc();
+        match &self.counters[outcome] {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                self.family
+                    .get_or_create(&RequestLabels {
+                        integration: Arc::clone(&self.integration),
+                        mode: self.mode,
+                        outcome: outcome.as_str(),
+                    })
+                    .inc();
+            }
+        }
     }
 }
 
@@ -114,17 +133,30 @@ impl Metrics {
         }
     }
 
-    /// Counters for one subject (an integration, or `(unknown)`, `(native)`, …).
-    pub fn outcome_counters(&self, integration: &Arc<str>, mode: &'static str) -> OutcomeCounters {
-        OutcomeCounters(OutcomeMap::from_fn(|o| {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    integration: Arc::clone(integration),
-                    mode,
-                    outcome: o.as_str(),
+    /// Counters for one subject (an integration, or `(unknown key)`, …), pre-created
+    /// for the outcomes in `possible`.
+    pub fn outcome_counters(
+        &self,
+        integration: &Arc<str>,
+        mode: &'static str,
+        possible: &[Outcome],
+    ) -> OutcomeCounters {
+        OutcomeCounters {
+            counters: OutcomeMap::from_fn(|o| {
+                possible.contains(&o).then(|| {
+                    self.requests
+                        .get_or_create(&RequestLabels {
+                            integration: Arc::clone(integration),
+                            mode,
+                            outcome: o.as_str(),
+                        })
+                        .clone()
                 })
-                .clone()
-        }))
+            }),
+            family: self.requests.clone(),
+            integration: Arc::clone(integration),
+            mode,
+        }
     }
 
     pub fn observe_upstream(&self, elapsed: Duration) {

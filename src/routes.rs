@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use crate::audit::{Recorder, Slot};
-use crate::config::{Config, Integration};
+use crate::audit::{Outcome, Recorder, Slot};
+use crate::config::{BearerRequests, Config, Integration, Plan, UnknownKeys};
 use crate::cutover::RateLimiter;
 use crate::keys::{Fingerprint, KeyMap};
 use crate::metrics::{Metrics, OutcomeCounters};
@@ -57,18 +57,38 @@ impl Routes {
             let caller = Caller {
                 integration: Arc::clone(i),
                 audit: recorder.slot(&i.name).unwrap_or_default(),
-                counters: metrics.outcome_counters(&i.name, i.plan.mode().as_str()),
+                counters: metrics.outcome_counters(
+                    &i.name,
+                    i.plan.mode().as_str(),
+                    possible_outcomes(&i.plan),
+                ),
             };
             (i.fingerprint, Arc::new(caller))
         }));
+        let unknown = match config.unknown_keys {
+            UnknownKeys::Reject => &[Outcome::Rejected][..],
+            UnknownKeys::Observe => &[Outcome::ApiKey, Outcome::Rejected][..],
+        };
+        let native = match config.bearer_requests {
+            BearerRequests::Forward => &[Outcome::Native, Outcome::Rejected][..],
+            BearerRequests::Reject => &[Outcome::Rejected][..],
+        };
         let bystanders = Bystanders {
-            unknown_key: metrics
-                .outcome_counters(&Arc::from("(unknown key)"), config.unknown_keys.as_str()),
+            unknown_key: metrics.outcome_counters(
+                &Arc::from("(unknown key)"),
+                config.unknown_keys.as_str(),
+                unknown,
+            ),
             native: metrics.outcome_counters(
                 &Arc::from("(bearer caller)"),
                 config.bearer_requests.as_str(),
+                native,
             ),
-            anonymous: metrics.outcome_counters(&Arc::from("(no credentials)"), "-"),
+            anonymous: metrics.outcome_counters(
+                &Arc::from("(no credentials)"),
+                "-",
+                &[Outcome::Rejected],
+            ),
         };
         Routes {
             config,
@@ -85,5 +105,21 @@ impl Routes {
     /// The integration owning the raw `key`, with the key's fingerprint.
     pub fn caller(&self, key: &[u8]) -> (Fingerprint, Option<&Arc<Caller>>) {
         self.callers.lookup(key)
+    }
+}
+
+/// The outcomes a plan's requests can have (their counters are pre-created; any other
+/// would still be counted, created on first use).
+fn possible_outcomes(plan: &Plan) -> &'static [Outcome] {
+    match plan {
+        Plan::Observe { .. } | Plan::Shadow { .. } => &[Outcome::ApiKey],
+        Plan::Canary { .. } => &[
+            Outcome::ApiKey,
+            Outcome::Oauth,
+            Outcome::Fallback,
+            Outcome::Rejected,
+        ],
+        Plan::Oauth { .. } => &[Outcome::Oauth, Outcome::Rejected],
+        Plan::Deny { .. } => &[Outcome::Denied],
     }
 }

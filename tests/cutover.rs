@@ -508,6 +508,20 @@ async fn metrics_tokens_and_access_log_name_integrations_never_secrets() {
     assert!(text.contains(r#"keybridge_token_expiry_seconds{client="full"}"#));
     assert!(text.contains("keybridge_upstream_duration_seconds_bucket"));
     assert!(!text.contains(OBSERVER) && !text.contains("full-secret") && !text.contains("mock."));
+    // Only label sets that can happen (issue 11, item 10): a deny integration is never
+    // on OAuth, an unknown key under `reject` never forwarded, nobody anonymous native.
+    for impossible in [
+        r#"integration="retired",mode="deny",outcome="oauth""#,
+        r#"integration="observer",mode="observe",outcome="oauth""#,
+        r#"integration="(unknown key)",mode="reject",outcome="oauth""#,
+        r#"integration="(unknown key)",mode="reject",outcome="api_key""#,
+        r#"integration="(no credentials)",mode="-",outcome="native""#,
+    ] {
+        assert!(!text.contains(impossible), "{impossible} in:\n{text}");
+    }
+    assert!(text.contains(
+        r#"keybridge_requests_total{integration="retired",mode="deny",outcome="denied"} 0"#
+    ));
 
     let (status, _, body) = get(proxy.admin_addr, "/tokens", &[]).await;
     assert_eq!(status, StatusCode::OK);
