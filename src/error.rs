@@ -43,6 +43,8 @@ pub enum ProxyError {
     UnknownApiKey { fingerprint: String },
     #[error("callers sending their own bearer token are not accepted (bearer_requests: reject)")]
     BearerRejected,
+    #[error("a bearer caller has no instance to go to (several instances, no default_instance)")]
+    BearerNotRouted,
     #[error("integration `{integration}` is denied: it must move to OAuth")]
     Denied { integration: Arc<str> },
     #[error("the caller stopped sending its request body")]
@@ -98,6 +100,7 @@ impl ProxyError {
             | ProxyError::MalformedApiKey
             | ProxyError::UnknownApiKey { .. }
             | ProxyError::BearerRejected
+            | ProxyError::BearerNotRouted
             | ProxyError::Denied { .. }
             | ProxyError::ClientBodyTimeout
             | ProxyError::ClientBody(_)
@@ -117,7 +120,8 @@ impl ProxyError {
         match self {
             ProxyError::MissingApiKey
             | ProxyError::UnknownApiKey { .. }
-            | ProxyError::BearerRejected => StatusCode::UNAUTHORIZED,
+            | ProxyError::BearerRejected
+            | ProxyError::BearerNotRouted => StatusCode::UNAUTHORIZED,
             ProxyError::AmbiguousApiKey
             | ProxyError::MalformedApiKey
             | ProxyError::ClientBody(_)
@@ -158,6 +162,10 @@ impl ProxyError {
             ProxyError::BearerRejected => (
                 "bearer_not_accepted",
                 "this keybridge only accepts X-COUPA-API-KEY callers; send bearer tokens to Coupa directly".into(),
+            ),
+            ProxyError::BearerNotRouted => (
+                "bearer_not_routed",
+                "keybridge has several Coupa instances and no default_instance, so it cannot tell where a bearer token belongs; send X-COUPA-API-KEY, or ask the admin to set default_instance".into(),
             ),
             ProxyError::Denied { integration } => (
                 "integration_denied",

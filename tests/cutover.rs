@@ -552,3 +552,50 @@ async fn metrics_tokens_and_access_log_name_integrations_never_secrets() {
     assert!(line["duration_ms"].as_f64().is_some());
     assert!(!logs.contains(OBSERVER) && !logs.contains(MIGRATED) && !logs.contains("full-secret"));
 }
+
+/// Issue 11, item 4: prod + test instances is the normal case. Such a config is valid
+/// as written (no default_instance); `check` warns, and a bearer caller gets a 401 that
+/// says what to set, while keyed integrations are served.
+#[tokio::test]
+async fn two_instances_need_no_default_and_bearer_callers_are_told_what_to_set() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let config = TestConfig::standard(&mock.base_url())
+        .set("instances.test.base_url", "https://acme-test.coupahost.com");
+    let path = temp_path("config.yaml");
+    std::fs::write(&path, config.yaml()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("ERP_SYNC_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: default_instance"), "{stderr}");
+
+    let proxy = start_proxy(&config.yaml()).await;
+    wait_ready(proxy.admin_addr).await;
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("authorization", "Bearer abc")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let body = json(&body);
+    assert_eq!(body["error"], "bearer_not_routed");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("default_instance")
+    );
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mock.api_hits(), 1, "only the keyed request reached Coupa");
+}

@@ -41,7 +41,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub bearer_requests: BearerRequests,
     /// Where unknown keys and bearer callers go; defaults to the only instance when there
-    /// is one.
+    /// is one. With several and none set, bearer callers get `401 bearer_not_routed`
+    /// (`check` warns) and `unknown_keys: observe` is an error.
     pub default_instance: Option<String>,
     #[serde(default)]
     pub forwarding: RawForwarding,

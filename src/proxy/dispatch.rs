@@ -94,8 +94,11 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                     .await;
                 Handled::new(Who::Native, Outcome::Native, result)
             }
-            (BearerRequests::Reject, _) | (BearerRequests::Forward, None) => {
+            (BearerRequests::Reject, _) => {
                 Handled::rejected(Who::Native, ProxyError::BearerRejected)
+            }
+            (BearerRequests::Forward, None) => {
+                Handled::rejected(Who::Native, ProxyError::BearerNotRouted)
             }
         }
     }
