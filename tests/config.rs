@@ -379,3 +379,30 @@ fn an_absurd_duration_in_any_field_is_named_and_never_panics() {
         }
     }
 }
+
+/// Issue 11, item 5: "port in use" was printed twice and did not say which setting to
+/// change.
+#[test]
+fn a_port_in_use_is_reported_once_naming_the_setting() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempdir();
+    let path = dir.join("config.yaml");
+    let yaml = support::TestConfig::from_yaml(&valid())
+        .set("listen", "127.0.0.1:0")
+        .set("admin_listen", format!("127.0.0.1:{port}"))
+        .set("audit.path", dir.join("audit.db").display().to_string())
+        .yaml();
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("ERP_SYNC_SECRET", "s3cret-value")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("set by `admin_listen`"), "{stderr}");
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+    drop(held);
+}

@@ -39,9 +39,13 @@ use conn::signalled;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr} (set by `{setting}`; pick another address or stop what holds it)"
+    )]
     Bind {
+        setting: &'static str,
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -123,10 +127,10 @@ pub async fn start_with_file(
     );
     let audit = Arc::new(Audit::open(&config, Arc::clone(&metrics)).await?);
     let tls = crate::tls::acceptor(config.tls.as_ref())?;
-    let proxy_listener = bind(config.listen).await?;
-    let admin_listener = bind(config.admin_listen).await?;
-    let proxy_addr = local_addr(&proxy_listener, config.listen)?;
-    let admin_addr = local_addr(&admin_listener, config.admin_listen)?;
+    let proxy_listener = bind("listen", config.listen).await?;
+    let admin_listener = bind("admin_listen", config.admin_listen).await?;
+    let proxy_addr = local_addr("listen", &proxy_listener, config.listen)?;
+    let admin_addr = local_addr("admin_listen", &admin_listener, config.admin_listen)?;
     let core = Arc::new(Core::new(
         Arc::clone(&config),
         tokens,
@@ -196,13 +200,24 @@ pub async fn start_with_file(
     })
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, source })
+        .map_err(|source| StartError::Bind {
+            setting,
+            addr,
+            source,
+        })
 }
 
-fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
-    l.local_addr()
-        .map_err(|source| StartError::Bind { addr, source })
+fn local_addr(
+    setting: &'static str,
+    l: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind {
+        setting,
+        addr,
+        source,
+    })
 }
