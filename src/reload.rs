@@ -156,21 +156,20 @@ impl Core {
         }
         self.audit.adopt(&next);
         let next = Arc::new(next);
-        // The shadow budget carries over unless its rate changed.
+        // The shadow rate limit and the replay budget carry over unless their setting
+        // changed (the budget's permits may be held by requests in progress).
         let current = self.routes.load_full();
-        let rate = next.cutover.shadow_max_per_second;
-        let shadow_limiter = if current.config.cutover.shadow_max_per_second == rate {
-            Arc::clone(&current.shadow_limiter)
-        } else {
-            Arc::new(RateLimiter::new(rate))
-        };
-        // So does the replay budget (its permits may be held by requests in progress).
-        let replay_budget =
-            if current.config.cutover.replay_buffer_budget == next.cutover.replay_buffer_budget {
-                Arc::clone(&current.replay_budget)
-            } else {
-                Arc::new(replay_budget(&next))
-            };
+        let (was, now) = (&current.config.cutover, &next.cutover);
+        let shadow_limiter = carry(
+            &current.shadow_limiter,
+            was.shadow_max_per_second == now.shadow_max_per_second,
+            || RateLimiter::new(now.shadow_max_per_second),
+        );
+        let replay_budget = carry(
+            &current.replay_budget,
+            was.replay_buffer_budget == now.replay_buffer_budget,
+            || replay_budget(&next),
+        );
         drop(current);
         let refreshers = tokens.spawn_refreshers();
         self.routes.store(Arc::new(Routes::new(
@@ -194,6 +193,15 @@ impl Core {
         tracing::info!(integrations = summary.integrations, clients = summary.clients, new_clients = ?summary.new_clients, "configuration reloaded");
         crate::memory::release_freed();
         Ok(summary)
+    }
+}
+
+/// `current` if its setting is `unchanged`, else a new one.
+fn carry<T>(current: &Arc<T>, unchanged: bool, make: impl FnOnce() -> T) -> Arc<T> {
+    if unchanged {
+        Arc::clone(current)
+    } else {
+        Arc::new(make())
     }
 }
 

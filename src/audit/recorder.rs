@@ -153,10 +153,16 @@ impl Window {
 }
 
 fn bump_capped<K: std::hash::Hash + Eq>(map: &mut Map<K, u64>, k: K, cap: usize) {
-    if let Some(n) = map.get_mut(&k) {
-        *n += 1;
+    add_capped(map, k, 1, cap);
+}
+
+/// Adds `n` to `k`'s count if `map` has it or has room for it (values beyond the cap
+/// are not tracked; the request itself is counted in the window's totals).
+fn add_capped<K: std::hash::Hash + Eq>(map: &mut Map<K, u64>, k: K, n: u64, cap: usize) {
+    if let Some(c) = map.get_mut(&k) {
+        *c += n;
     } else if map.len() < cap {
-        map.insert(k, 1);
+        map.insert(k, n);
     }
 }
 
@@ -237,6 +243,17 @@ impl Recorder {
             }
         }
         let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        self.other_window(&mut others, subject)
+            .add(event, unix_now(), MAX_OTHER_ENDPOINTS);
+    }
+
+    /// The window of a non-integration subject: unknown keys beyond
+    /// `max_unknown_keys` share the overflow subject's.
+    fn other_window<'m>(
+        &self,
+        others: &'m mut HashMap<Subject, Window>,
+        subject: Subject,
+    ) -> &'m mut Window {
         let subject = match subject {
             Subject::UnknownKey(_)
                 if !others.contains_key(&subject) && others.len() >= self.max_unknown_keys =>
@@ -245,10 +262,7 @@ impl Recorder {
             }
             s => s,
         };
-        others
-            .entry(subject)
-            .or_default()
-            .add(event, unix_now(), MAX_OTHER_ENDPOINTS);
+        others.entry(subject).or_default()
     }
 
     /// Records a shadow replay's result.
@@ -290,15 +304,11 @@ impl Recorder {
                 }
             }
             let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
-            let subject = match subject {
-                Subject::UnknownKey(_)
-                    if !others.contains_key(&subject) && others.len() >= self.max_unknown_keys =>
-                {
-                    Subject::UnknownKey(OTHER_UNKNOWN_KEYS.to_owned())
-                }
-                s => s,
-            };
-            merge(others.entry(subject).or_default(), w, MAX_OTHER_ENDPOINTS);
+            merge(
+                self.other_window(&mut others, subject),
+                w,
+                MAX_OTHER_ENDPOINTS,
+            );
         }
     }
 }
@@ -310,14 +320,10 @@ fn merge(into: &mut Window, w: Window, max_endpoints: usize) {
     into.last_key_seen = into.last_key_seen.max(w.last_key_seen);
     into.last_fallback = into.last_fallback.max(w.last_fallback);
     for (k, v) in w.ips {
-        if into.ips.contains_key(&k) || into.ips.len() < MAX_IPS {
-            *into.ips.entry(k).or_default() += v;
-        }
+        add_capped(&mut into.ips, k, v, MAX_IPS);
     }
     for (k, v) in w.user_agents {
-        if into.user_agents.contains_key(&k) || into.user_agents.len() < MAX_USER_AGENTS {
-            *into.user_agents.entry(k).or_default() += v;
-        }
+        add_capped(&mut into.user_agents, k, v, MAX_USER_AGENTS);
     }
     for (k, statuses) in w.endpoints {
         let k = if into.endpoints.contains_key(&k) || into.endpoints.len() < max_endpoints {
