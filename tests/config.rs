@@ -93,7 +93,7 @@ fn each_mistake_is_named_with_exit_code_1() {
         (
             "undefined client",
             v.replace("    client: erp-sync", "    client: erp-sink"),
-            "integrations[0].client: client `erp-sink` is not defined",
+            "integrations.netsuite-bundle.client: client `erp-sink` is not defined",
         ),
         (
             "undefined instance",
@@ -131,12 +131,12 @@ fn each_mistake_is_named_with_exit_code_1() {
         (
             "short fingerprint",
             v.replace(FP, &FP[..40]),
-            "integrations[0].api_key_sha256: expected 64 hex digits",
+            "integrations.netsuite-bundle.api_key_sha256: expected 64 hex digits",
         ),
         (
             "non-hex fingerprint",
             v.replace(FP, &"g".repeat(64)),
-            "integrations[0].api_key_sha256: expected only hex digits",
+            "integrations.netsuite-bundle.api_key_sha256: expected only hex digits",
         ),
         (
             "duplicate fingerprint",
@@ -144,7 +144,7 @@ fn each_mistake_is_named_with_exit_code_1() {
                 "{v}  - name: other\n    api_key_sha256: {}\n    client: erp-sync\n",
                 FP.to_uppercase()
             ),
-            "integrations[1]: duplicate API key (fingerprint 9f86d081): integrations[0] already uses it",
+            "integrations.other: duplicate API key (fingerprint 9f86d081): integration `netsuite-bundle` already uses it",
         ),
         (
             "duplicate raw key vs fingerprint",
@@ -192,6 +192,32 @@ fn each_mistake_is_named_with_exit_code_1() {
             format!("{v}token:\n  settle_delay: soon\n"),
             "token.settle_delay",
         ),
+        (
+            "duration without a unit",
+            format!("{v}token:\n  settle_delay: 10\n"),
+            "token.settle_delay: `10` has no unit: write e.g. `10s`",
+        ),
+        (
+            "percentage with a percent sign",
+            v.replace(
+                "    client: erp-sync\n",
+                "    client: erp-sync\n    mode: canary\n    canary_percent: 20%\n",
+            ),
+            "integrations.netsuite-bundle.canary_percent: `20%`: write the number without `%`",
+        ),
+        (
+            "a typo of a known field",
+            v.replace(
+                "    client: erp-sync\n",
+                "    client: erp-sync\n    mode: canary\n    canary_percentage: 20\n",
+            ),
+            "integrations.netsuite-bundle.canary_percentage: unknown field `canary_percentage` (did you mean `canary_percent`?)",
+        ),
+        (
+            "a missing required field",
+            v.replace("    client_id: erp-sync-client\n", ""),
+            "clients.erp-sync.client_id: required, but missing",
+        ),
         ("not YAML", "instances: [\n".to_owned(), "not valid YAML"),
         (
             "wrong type",
@@ -231,6 +257,31 @@ fn each_mistake_is_named_with_exit_code_1() {
         );
         assert!(!stderr.contains("s3cret-value"), "{name}: secret leaked");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
+/// One mistake, one message: what follows from it (an instance whose URL is bad is
+/// still defined; an empty value from an unset variable is not "empty" again) is not
+/// reported as further mistakes.
+#[test]
+fn a_mistake_is_reported_once_where_it_was_made() {
+    let bad_url = valid().replace("https://acme.coupahost.com", "acme.coupahost.com");
+    let unset = valid().replace("${ERP_SYNC_SECRET}", "${UNSET_VAR_FOR_TEST}");
+    let missing = valid().replace("    client_id: erp-sync-client\n", "");
+    for (name, yaml) in [
+        ("bad base_url", bad_url),
+        ("unset secret", unset),
+        ("missing client_id", missing),
+    ] {
+        let out = check(&yaml);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        let problems = stderr.lines().skip(1).count();
+        assert_eq!(
+            problems, 1,
+            "{name}: one problem, not its echoes:\n{stderr}"
+        );
+        assert!(!stderr.contains("is not defined"), "{name}: {stderr}");
     }
 }
 

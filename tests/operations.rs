@@ -156,7 +156,7 @@ async fn a_bad_reload_is_refused_and_the_old_config_keeps_serving() {
         body["message"]
             .as_str()
             .unwrap()
-            .contains("integrations[0].client"),
+            .contains("integrations.netsuite-bundle.client"),
         "{body}"
     );
 

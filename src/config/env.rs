@@ -110,10 +110,14 @@ pub(super) fn expand_tree(
                 *s = value;
             }
             Ok(None) => {}
-            Err(e) => errors.push(super::error::FieldError {
-                field: path.clone(),
-                message: e.to_string(),
-            }),
+            Err(e) => {
+                // Reported here; the field goes on empty so the rest can be checked.
+                errors.push(super::error::FieldError {
+                    field: path.clone(),
+                    message: e.to_string(),
+                });
+                s.clear();
+            }
         },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -9,8 +9,10 @@
 //! the field it is about (`clients.erp-sync.instance: ...`), and validation reports all
 //! problems it finds, not just the first. Nothing after [`Config::load`] re-checks.
 
+mod collect;
 mod env;
 mod error;
+mod locate;
 mod model;
 mod raw;
 mod secret;
@@ -28,7 +30,7 @@ pub use raw::{
 };
 pub use secret::Secret;
 
-use raw::RawConfig;
+use collect::Problems;
 
 impl Config {
     /// Reads, expands and validates `path` using the process environment.
@@ -71,56 +73,48 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut tree: yaml_serde::Value =
             yaml_serde::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
-        let mut errors = Vec::new();
+        let mut problems = Problems::default();
+        let mut unexpanded = Vec::new();
         let mut expanded = Vec::new();
         env::expand_tree(
             &mut tree,
             &mut String::new(),
             env,
-            &mut errors,
+            &mut unexpanded,
             &mut expanded,
         );
-        if !errors.is_empty() {
-            return Err(ConfigError::Invalid(errors));
+        for e in unexpanded {
+            problems.add(e.field, e.message);
+        }
+        // Names are read from the file as written, before any repair below.
+        let as_written = tree.clone();
+        if let Some(raw) = collect::deserialize(&mut tree, &mut problems) {
+            match validate::validate(raw, base_dir, secrets) {
+                Ok(config) if problems.is_empty() => return Ok(config),
+                Ok(_) => {}
+                Err(errors) => {
+                    for e in errors {
+                        problems.add(e.field, e.message);
+                    }
+                }
+            }
         }
         // Values from the environment may be secrets; an error about a misplaced one
         // (a secret where a struct or an instance name belongs) must not quote it.
-        Self::parse_expanded(tree, base_dir, secrets).map_err(|e| match e {
-            ConfigError::Invalid(errors) => ConfigError::Invalid(
-                errors
-                    .into_iter()
-                    .map(|mut e| {
-                        for value in &expanded {
-                            e.message = e
-                                .message
-                                .replace(value.as_str(), "<value from the environment>");
-                        }
-                        e
-                    })
-                    .collect(),
-            ),
-            other => other,
-        })
-    }
-
-    fn parse_expanded(
-        tree: yaml_serde::Value,
-        base_dir: &Path,
-        secrets: bool,
-    ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." {
-                "(top level)".to_owned()
-            } else {
-                field
-            };
-            ConfigError::Invalid(vec![FieldError {
-                field,
-                message: e.into_inner().to_string(),
-            }])
-        })?;
-        validate::validate(raw, base_dir, secrets)
+        let errors = problems
+            .into_errors()
+            .into_iter()
+            .map(|mut e| {
+                e.field = locate::by_name(&e.field, &as_written);
+                for value in &expanded {
+                    e.message = e
+                        .message
+                        .replace(value.as_str(), "<value from the environment>");
+                }
+                e
+            })
+            .collect();
+        Err(ConfigError::Invalid(errors))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::uri::Scheme;
 
-use super::error::{ConfigError, FieldError};
+use super::error::FieldError;
 use super::model::{Client, Config, Forwarding, Instance, Integration, Percent, Plan};
 use super::raw::{
     BearerRequests, Mode, RawClient, RawConfig, RawForwarding, RawInstance, RawIntegration,
@@ -21,10 +21,14 @@ use super::secret::Secret;
 use super::values::{is_loopback, list, parse_http_url};
 use crate::keys::Fingerprint;
 
-/// Errors and warnings found so far.
+/// Errors and warnings found so far, and the names the file declares.
 struct Findings {
     errors: Vec<FieldError>,
     warnings: Vec<String>,
+    /// Instance and client names as written, valid or not: a reference to a declared
+    /// but invalid one is not reported again (its own error says what is wrong).
+    declared_instances: Vec<String>,
+    declared_clients: Vec<String>,
 }
 
 impl Findings {
@@ -34,6 +38,42 @@ impl Findings {
             message: message.into(),
         });
     }
+
+    /// The instance `name` referenced at `field`; an error there when none is declared.
+    fn instance(
+        &mut self,
+        instances: &BTreeMap<String, Arc<Instance>>,
+        name: &str,
+        field: impl Into<String>,
+    ) -> Option<Arc<Instance>> {
+        let found = instances.get(name).cloned();
+        if found.is_none() && !self.declared_instances.iter().any(|n| n == name) {
+            let defined = list(self.declared_instances.iter());
+            self.error(
+                field,
+                format!("instance `{name}` is not defined under `instances` (defined: {defined})"),
+            );
+        }
+        found
+    }
+
+    /// The client `name` referenced at `field`; an error there when none is declared.
+    fn client(
+        &mut self,
+        clients: &BTreeMap<String, Arc<Client>>,
+        name: &str,
+        field: impl Into<String>,
+    ) -> Option<Arc<Client>> {
+        let found = clients.get(name).cloned();
+        if found.is_none() && !self.declared_clients.iter().any(|n| n == name) {
+            let defined = list(self.declared_clients.iter());
+            self.error(
+                field,
+                format!("client `{name}` is not defined under `clients` (defined: {defined})"),
+            );
+        }
+        found
+    }
 }
 
 /// Validates `raw`. Relative paths resolve against `base_dir`; with `secrets: false`
@@ -42,10 +82,12 @@ pub(super) fn validate(
     raw: RawConfig,
     base_dir: &Path,
     secrets: bool,
-) -> Result<Config, ConfigError> {
+) -> Result<Config, Vec<FieldError>> {
     let mut v = Findings {
         errors: Vec::new(),
         warnings: Vec::new(),
+        declared_instances: raw.instances.keys().cloned().collect(),
+        declared_clients: raw.clients.keys().cloned().collect(),
     };
     settings(&raw, secrets, &mut v);
 
@@ -55,20 +97,13 @@ pub(super) fn validate(
             instances.insert(name, Arc::new(instance));
         }
     }
-    let declared_clients: Vec<String> = raw.clients.keys().cloned().collect();
     let mut clients = BTreeMap::new();
     for (name, raw) in raw.clients {
         if let Some(client) = client(raw, &name, &instances, base_dir, secrets, &mut v) {
             clients.insert(name, Arc::new(client));
         }
     }
-    let integrations = integrations(
-        raw.integrations,
-        &instances,
-        &clients,
-        &declared_clients,
-        &mut v,
-    );
+    let integrations = integrations(raw.integrations, &instances, &clients, &mut v);
     let default_instance = default_instance(
         raw.default_instance.as_deref(),
         raw.unknown_keys,
@@ -82,7 +117,7 @@ pub(super) fn validate(
     let forwarding = forwarding(&raw.forwarding, &mut v);
 
     if !v.errors.is_empty() {
-        return Err(ConfigError::Invalid(v.errors));
+        return Err(v.errors);
     }
     Ok(Config {
         listen: raw.listen,
@@ -309,17 +344,7 @@ fn client(
     v: &mut Findings,
 ) -> Option<Client> {
     let field = format!("clients.{name}");
-    let instance = instances.get(&raw.instance).cloned();
-    if instance.is_none() {
-        v.error(
-            format!("{field}.instance"),
-            format!(
-                "instance `{}` is not defined under `instances` (defined: {})",
-                raw.instance,
-                list(instances.keys())
-            ),
-        );
-    }
+    let instance = v.instance(instances, &raw.instance, format!("{field}.instance"));
     if raw.client_id.trim().is_empty() {
         v.error(format!("{field}.client_id"), "must not be empty");
     }
@@ -416,12 +441,11 @@ fn integrations(
     raws: Vec<RawIntegration>,
     instances: &BTreeMap<String, Arc<Instance>>,
     clients: &BTreeMap<String, Arc<Client>>,
-    declared_clients: &[String],
     v: &mut Findings,
 ) -> Vec<Arc<Integration>> {
     let mut out = Vec::with_capacity(raws.len());
     let mut seen_names: HashMap<String, usize> = HashMap::new();
-    let mut seen_keys: HashMap<Fingerprint, usize> = HashMap::new();
+    let mut seen_keys: HashMap<Fingerprint, Arc<str>> = HashMap::new();
     for (i, raw) in raws.into_iter().enumerate() {
         let field = format!("integrations[{i}]");
         if let Some(first) = seen_names.insert(raw.name.clone(), i) {
@@ -433,15 +457,16 @@ fn integrations(
                 ),
             );
         }
-        let Some(integration) = integration(raw, &field, instances, clients, declared_clients, v)
-        else {
+        let Some(integration) = integration(raw, &field, instances, clients, v) else {
             continue;
         };
-        if let Some(first) = seen_keys.insert(integration.fingerprint, i) {
+        if let Some(first) =
+            seen_keys.insert(integration.fingerprint, Arc::clone(&integration.name))
+        {
             v.error(
                 field,
                 format!(
-                    "duplicate API key (fingerprint {}): integrations[{first}] already uses it",
+                    "duplicate API key (fingerprint {}): integration `{first}` already uses it",
                     integration.fingerprint.short()
                 ),
             );
@@ -457,13 +482,12 @@ fn integration(
     field: &str,
     instances: &BTreeMap<String, Arc<Instance>>,
     clients: &BTreeMap<String, Arc<Client>>,
-    declared_clients: &[String],
     v: &mut Findings,
 ) -> Option<Integration> {
     if raw.name.trim().is_empty() {
         v.error(format!("{field}.name"), "must not be empty");
     }
-    let plan = plan(&raw, field, instances, clients, declared_clients, v);
+    let plan = plan(&raw, field, instances, clients, v);
     let fingerprint = fingerprint(field, raw.api_key_sha256, raw.api_key, v);
     Some(Integration {
         name: raw.name.into(),
@@ -522,47 +546,22 @@ fn plan(
     field: &str,
     instances: &BTreeMap<String, Arc<Instance>>,
     clients: &BTreeMap<String, Arc<Client>>,
-    declared_clients: &[String],
     v: &mut Findings,
 ) -> Option<Plan> {
     let mut ok = true;
-    let client = match &raw.client {
-        Some(name) => {
-            let found = clients.get(name).cloned();
-            // A client that is declared but invalid has its own error already.
-            if found.is_none() {
-                ok = false;
-                if !declared_clients.contains(name) {
-                    v.error(
-                        format!("{field}.client"),
-                        format!(
-                            "client `{name}` is not defined under `clients` (defined: {})",
-                            list(declared_clients.iter())
-                        ),
-                    );
-                }
-            }
-            found
-        }
-        None => None,
-    };
-    let explicit_instance = match &raw.instance {
-        Some(name) => {
-            let found = instances.get(name).cloned();
-            if found.is_none() {
-                ok = false;
-                v.error(
-                    format!("{field}.instance"),
-                    format!(
-                        "instance `{name}` is not defined under `instances` (defined: {})",
-                        list(instances.keys())
-                    ),
-                );
-            }
-            found
-        }
-        None => None,
-    };
+    let client = raw
+        .client
+        .as_ref()
+        .map(|name| v.client(clients, name, format!("{field}.client")));
+    let explicit_instance = raw
+        .instance
+        .as_ref()
+        .map(|name| v.instance(instances, name, format!("{field}.instance")));
+    // A name that did not resolve (undefined, or defined but invalid) is reported.
+    if matches!(client, Some(None)) || matches!(explicit_instance, Some(None)) {
+        ok = false;
+    }
+    let (client, explicit_instance) = (client.flatten(), explicit_instance.flatten());
     let mode = raw.mode;
     if raw.client.is_none() && matches!(mode, Mode::Shadow | Mode::Canary | Mode::Oauth) {
         ok = false;
@@ -685,19 +684,7 @@ fn default_instance(
     v: &mut Findings,
 ) -> Option<Arc<Instance>> {
     let found = match named {
-        Some(name) => {
-            let found = instances.get(name).cloned();
-            if found.is_none() && !v.errors.iter().any(|e| e.field.starts_with("instances")) {
-                v.error(
-                    "default_instance",
-                    format!(
-                        "instance `{name}` is not defined under `instances` (defined: {})",
-                        list(instances.keys())
-                    ),
-                );
-            }
-            found
-        }
+        Some(name) => v.instance(instances, name, "default_instance"),
         // With one instance there is no doubt where unmatched traffic belongs.
         None if instances.len() == 1 => instances.values().next().cloned(),
         None => None,

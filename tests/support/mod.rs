@@ -26,6 +26,7 @@ use keybridge::server::Running;
 
 pub mod config;
 pub mod leak;
+pub mod process;
 pub mod raw;
 
 pub use config::TestConfig;
