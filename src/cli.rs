@@ -47,10 +47,34 @@ pub enum Command {
     /// Check an OAuth client against its Coupa instance: fetch a token, then call
     /// GET /api/users?limit=1 (needs core.user.read). Exit 0 only on success.
     TestCredentials(TestCredentialsArgs),
+    /// Exit 0 when a running keybridge is ready (its admin `/readyz` answers 200), 1
+    /// otherwise with the reason: for container HEALTHCHECKs and scripts.
+    Health(HealthArgs),
     /// Run a mock Coupa instance (token endpoint and /api/*).
     MockCoupa(MockArgs),
     /// Run a mock Coupa and the proxy on loopback, and print how to try it with curl.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// The admin listener to ask (default: `admin_listen` from the config; 0.0.0.0 and
+    /// [::] are asked on loopback).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// `ready` (`/readyz`: tokens settled, audit writable) or `live` (`/healthz`: the
+    /// process answers).
+    #[arg(long, value_enum, default_value = "ready")]
+    pub probe: HealthProbe,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HealthProbe {
+    Ready,
+    Live,
 }
 
 #[derive(Debug, clap::Args)]

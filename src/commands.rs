@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::cli::{AuditArgs, AuditFormat, Command, DemoArgs, MockArgs, TestCredentialsArgs};
+use crate::cli::{
+    AuditArgs, AuditFormat, Command, DemoArgs, HealthArgs, MockArgs, TestCredentialsArgs,
+};
 use crate::config::{Config, ProcessEnv};
 use crate::keys::Fingerprint;
 use crate::mock::MockCoupa;
@@ -43,6 +45,7 @@ pub async fn execute(command: Command, config: &Path) -> Result<(), Failure> {
         Command::HashKey => hash_key(),
         Command::Audit(args) => audit(config, &args).await,
         Command::TestCredentials(args) => test_credentials(config, &args).await,
+        Command::Health(args) => health(config, &args).await,
         Command::MockCoupa(args) => mock_coupa(args).await,
         Command::Demo(args) => demo(&args).await,
     }
@@ -165,6 +168,24 @@ async fn test_credentials(path: &Path, args: &TestCredentialsArgs) -> Result<(),
             code: failure.exit_code(),
             message: format!("FAILED: client `{}`: {}", args.client, failure.message()),
         }),
+    }
+}
+
+async fn health(path: &Path, args: &HealthArgs) -> Result<(), Failure> {
+    let addr = match args.addr {
+        Some(addr) => addr,
+        None => {
+            let config = Config::load_without_secrets(path)
+                .with_context(|| format!("invalid configuration {}", path.display()))?;
+            crate::health::target(config.admin_listen)
+        }
+    };
+    match crate::health::probe(addr, args.probe, args.timeout).await {
+        Ok(summary) => {
+            let _ = write_stdout(&format!("{summary}\n"));
+            Ok(())
+        }
+        Err(reason) => Err(invalid(format!("keybridge health: {reason}"))),
     }
 }
 

@@ -28,6 +28,7 @@ mod credentials;
 mod cutover;
 pub mod demo;
 mod error;
+mod health;
 pub mod keys;
 mod log;
 mod memory;

@@ -74,40 +74,36 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the file.
     pub fn open(path: &Path, retention: std::time::Duration) -> Result<SqliteStore, StoreError> {
-        let err = |source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let open_error = |cause: String, denied: bool| StoreError::Open {
+            path: absolute.clone(),
+            cause,
+            denied,
         };
-        create_private(path).map_err(|e| StoreError::Io {
-            path: path.to_owned(),
-            source: e,
+        create_private(path).map_err(|e| {
+            let denied = matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::NotFound
+            );
+            open_error(e.to_string(), denied)
         })?;
-        let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err)?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                path: path.to_owned(),
-                found: version,
-                known,
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction().map_err(err)?;
-            tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(err)?;
-            tx.commit().map_err(err)?;
-            tracing::info!(path = %path.display(), version = i + 1, "audit store migrated");
-        }
+        let conn = Connection::open(path).map_err(|e| open_error(e.to_string(), true))?;
+        let conn = migrate(conn, path).map_err(|e| match e {
+            StoreError::Sqlite { cause, .. } => {
+                let denied = matches!(
+                    cause.sqlite_error_code(),
+                    Some(
+                        rusqlite::ErrorCode::CannotOpen
+                            | rusqlite::ErrorCode::ReadOnly
+                            | rusqlite::ErrorCode::PermissionDenied
+                    )
+                );
+                open_error(cause.to_string(), denied)
+            }
+            other => other,
+        })?;
         Ok(SqliteStore {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -116,10 +112,10 @@ impl SqliteStore {
         })
     }
 
-    fn err(&self, source: rusqlite::Error) -> StoreError {
+    fn err(&self, cause: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
-            source,
+            cause,
         }
     }
 
@@ -479,6 +475,40 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
+}
+
+/// Sets the connection up and brings its schema to the current version.
+fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, StoreError> {
+    let err = |cause| StoreError::Sqlite {
+        path: path.to_owned(),
+        cause,
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        tracing::info!(path = %path.display(), version = i + 1, "audit store migrated");
+    }
+    Ok(conn)
 }
 
 /// The traffic table has one column per outcome, named as the outcome.

@@ -37,17 +37,21 @@ pub trait AuditStore: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("audit store {path}: {source}")]
+    // The cause is part of the message, not a `source`: printed once, not twice.
+    #[error("audit store {path}: {cause}")]
     Sqlite {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     #[error("audit store task failed: {0}")]
     Task(String),
-    #[error("audit store {path}: {source}")]
-    Io {
+    /// The store could not be created or opened at start: says which setting to change.
+    #[error("cannot open the audit store {path} (set by `audit.path`): {cause}{}", hint(.denied))]
+    Open {
         path: PathBuf,
-        source: std::io::Error,
+        cause: String,
+        /// The directory is missing, read-only or not writable by this process.
+        denied: bool,
     },
     #[error(
         "audit store {path} has schema version {found}, newer than this keybridge knows ({known}); upgrade keybridge"
@@ -82,4 +86,12 @@ pub struct SubjectRow {
     pub shadow: Vec<(String, u16, u16, u64)>,
     pub ips: Vec<(String, u64)>,
     pub user_agents: Vec<(String, u64)>,
+}
+
+fn hint(denied: &bool) -> &'static str {
+    if *denied {
+        ". Its directory must exist and be writable by this process: point `audit.path` at a writable place (a volume under Docker, StateDirectory= under systemd), or set `audit.enabled: false`"
+    } else {
+        ""
+    }
 }
