@@ -2,7 +2,7 @@
 # Instructions per request under valgrind's callgrind: a figure that does not move with
 # the machine's load (unlike req/s and CPU time on this shared 2-core box).
 #
-#   ./callgrind.sh /tmp/kb-old target/release/keybridge     # keybridge binaries to compare
+#   ./callgrind.sh /tmp/kb-old ../target/dist/keybridge     # keybridge binaries to compare
 #
 # For each binary: start it (one worker, the run.sh config: 1000 keys over 20 clients,
 # audit on, access log off) under callgrind with instrumentation off, wait until ready, switch

@@ -11,9 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 BENCH=$(pwd)
 N=${N:-10000}; CONNS=${CONNS:-1000}; DURATION=${DURATION:-10}
-KEYBRIDGE_BIN=${KEYBRIDGE_BIN:-$BENCH/../target/release/keybridge}; export KEYBRIDGE_BIN
+KEYBRIDGE_BIN=${KEYBRIDGE_BIN:-$BENCH/../target/dist/keybridge}; export KEYBRIDGE_BIN
 [ -x target/release/bench-upstream ] || cargo build --release -q
-[ -x "$KEYBRIDGE_BIN" ] || (cd .. && cargo build --release -q)
+[ -x "$KEYBRIDGE_BIN" ] || (cd .. && cargo build --profile dist -q)
 ulimit -n 65536 2>/dev/null || true
 
 work=$(mktemp -d); PGS=()

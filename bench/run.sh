@@ -22,7 +22,7 @@ export KEYS_TSV=$BENCH/gen/keys.tsv
 PROXY_PORT=${PROXY_PORT:-18090}; PROXY_NAME=${PROXY_NAME:-candidate}; PROXY_MODE=${PROXY_MODE:-key}
 export PROXY_PORT
 ENVOY_BIN=${ENVOY_BIN:-$BENCH/.venv/lib/python3.11/site-packages/envoy/_bin/envoy}
-KEYBRIDGE_BIN=${KEYBRIDGE_BIN:-$BENCH/../target/release/keybridge}; export KEYBRIDGE_BIN
+KEYBRIDGE_BIN=${KEYBRIDGE_BIN:-$BENCH/../target/dist/keybridge}; export KEYBRIDGE_BIN
 DEFAULT_CANDS="direct nginx-w1 haproxy-t2 hyper-floor keybridge keybridge-noaudit"
 [ -x "$ENVOY_BIN" ] && DEFAULT_CANDS="$DEFAULT_CANDS envoy-c1 envoy-c2"
 CANDIDATES=${CANDIDATES:-$DEFAULT_CANDS}
@@ -42,7 +42,7 @@ echo -e "pin\tcase\trepeat\tcandidate\trps\tp50_us\tp90_us\tp99_us\tp999_us\tmax
 [ -f gen/keys.tsv ] || python3 gen_keys.py
 [ -f gen/envoy_filter.lua ] || { cat gen/envoy_keys.lua conf/envoy_filter_body.lua > gen/envoy_filter.lua; }
 if [ ! -x target/release/bench-upstream ] || [ ! -x target/release/hyperfloor ]; then cargo build --release -q; fi
-if [[ " $CANDIDATES " == *" keybridge"* ]] && [ ! -x "$KEYBRIDGE_BIN" ]; then (cd "$BENCH/.." && cargo build --release -q); fi
+if [[ " $CANDIDATES " == *" keybridge"* ]] && [ ! -x "$KEYBRIDGE_BIN" ]; then (cd "$BENCH/.." && cargo build --profile dist -q); fi
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk nginx haproxy" >&2; exit 1; }
 
 # ---------- process helpers (each server gets its own process group for kill + CPU accounting) ----------

@@ -8,8 +8,8 @@
 #   scripts/abuse.sh            # all three; summary at the end, exit 1 on a failed check
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-bin=target/release/keybridge
+cargo build --profile dist --quiet
+bin=target/dist/keybridge
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 

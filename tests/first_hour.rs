@@ -144,9 +144,9 @@ async fn four_mistakes_are_reported_by_one_check_and_the_corrected_config_runs()
         .env("TREASURY_KEY", TREASURY_KEY)
         .env("CELIGO_KEY", CELIGO_KEY);
     let proxy = Process::spawn(run);
-    wait_ready(proxy.admin).await;
+    wait_ready(proxy.admin()).await;
     let (status, _, body) = get(
-        proxy.proxy,
+        proxy.proxy(),
         "/api/invoices/1",
         &[("x-coupa-api-key", TREASURY_KEY)],
     )
@@ -161,7 +161,7 @@ async fn four_mistakes_are_reported_by_one_check_and_the_corrected_config_runs()
     assert_eq!(prod.api_hits(), 0);
 
     let (status, _, body) = get(
-        proxy.proxy,
+        proxy.proxy(),
         "/api/invoices/1",
         &[("authorization", "Bearer a-token-of-their-own")],
     )

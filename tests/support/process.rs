@@ -13,8 +13,8 @@ use super::leak;
 /// A keybridge process; killed (and its output kept for the leak scan) when dropped.
 pub struct Process {
     child: Child,
-    pub proxy: SocketAddr,
-    pub admin: SocketAddr,
+    /// The log line it was waited for (JSON).
+    pub started: serde_json::Value,
     /// Every stderr line so far is sent here by a reader thread.
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -26,9 +26,33 @@ pub fn keybridge() -> Command {
 }
 
 impl Process {
-    /// Spawns `command` and waits (up to 30 s) for it to listen. Panics with its output
-    /// when it exits or never listens.
-    pub fn spawn(mut command: Command) -> Process {
+    /// Spawns `command` (`keybridge run`) and waits (up to 30 s) for it to listen.
+    /// Panics with its output when it exits or never listens.
+    pub fn spawn(command: Command) -> Process {
+        Self::spawn_until(command, "keybridge listening")
+    }
+
+    /// The proxy listener's address.
+    pub fn proxy(&self) -> SocketAddr {
+        self.addr("proxy")
+    }
+
+    /// The admin listener's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.addr("admin")
+    }
+
+    /// The address in `field` of the start line.
+    pub fn addr(&self, field: &str) -> SocketAddr {
+        self.started[field]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address `{field}` in {}", self.started))
+    }
+
+    /// Spawns `command` and waits (up to 30 s) for a JSON log line whose `message` is
+    /// `message`. Panics with its output when it exits or never says it.
+    pub fn spawn_until(mut command: Command, message: &str) -> Process {
         let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -50,13 +74,12 @@ impl Process {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) => {
-                    let listening = listening(&line);
+                    let log = serde_json::from_str::<serde_json::Value>(&line).ok();
                     seen.push(line);
-                    if let Some((proxy, admin)) = listening {
+                    if let Some(started) = log.filter(|log| log["message"] == message) {
                         return Process {
                             child,
-                            proxy,
-                            admin,
+                            started,
                             lines,
                             seen,
                         };
@@ -66,7 +89,7 @@ impl Process {
                     let _ = child.kill();
                     let status = child.wait().ok();
                     panic!(
-                        "keybridge never listened (exit: {status:?}); it said:\n{}",
+                        "never logged `{message}` (exit: {status:?}); it said:\n{}",
                         seen.join("\n")
                     );
                 }
@@ -99,15 +122,4 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let log: serde_json::Value = serde_json::from_str(line).ok()?;
-    if log["message"] != "keybridge listening" {
-        return None;
-    }
-    Some((
-        log["proxy"].as_str()?.parse().ok()?,
-        log["admin"].as_str()?.parse().ok()?,
-    ))
 }
