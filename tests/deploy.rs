@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::process::{Process, keybridge};
+use support::process::Process;
 use support::*;
 use yaml_serde::Value;
 
