@@ -44,6 +44,9 @@ pub enum Command {
     HashKey,
     /// Print the migration audit: per integration, mode, state, traffic and scope advice.
     Audit(AuditArgs),
+    /// Copy the audit store to a new file: a consistent snapshot, safe while keybridge
+    /// runs. Restore by stopping keybridge and putting the copy at `audit.path`.
+    BackupAudit(BackupArgs),
     /// Check an OAuth client against its Coupa instance: fetch a token, then call
     /// GET /api/users?limit=1 (needs core.user.read). Exit 0 only on success.
     TestCredentials(TestCredentialsArgs),
@@ -54,6 +57,13 @@ pub enum Command {
     MockCoupa(MockArgs),
     /// Run a mock Coupa and the proxy on loopback, and print how to try it with curl.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The backup file to create (never overwritten).
+    #[arg(long)]
+    pub to: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::cli::{
-    AuditArgs, AuditFormat, Command, DemoArgs, HealthArgs, MockArgs, TestCredentialsArgs,
+    AuditArgs, AuditFormat, BackupArgs, Command, DemoArgs, HealthArgs, MockArgs,
+    TestCredentialsArgs,
 };
 use crate::config::{Config, ProcessEnv};
 use crate::keys::Fingerprint;
@@ -44,6 +45,7 @@ pub async fn execute(command: Command, config: &Path) -> Result<(), Failure> {
         Command::Check => check(config),
         Command::HashKey => hash_key(),
         Command::Audit(args) => audit(config, &args).await,
+        Command::BackupAudit(args) => backup_audit(config, &args),
         Command::TestCredentials(args) => test_credentials(config, &args).await,
         Command::Health(args) => health(config, &args).await,
         Command::MockCoupa(args) => mock_coupa(args).await,
@@ -142,6 +144,22 @@ async fn audit(path: &Path, args: &AuditArgs) -> Result<(), Failure> {
         ),
     };
     write_stdout(&text).context("writing the report")?;
+    Ok(())
+}
+
+fn backup_audit(path: &Path, args: &BackupArgs) -> Result<(), Failure> {
+    let config = Config::load_without_secrets(path)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    let store_path = &config.audit.path;
+    if !store_path.exists() {
+        return Err(anyhow::anyhow!("no audit store at {}", store_path.display()).into());
+    }
+    crate::audit::backup(store_path, &args.to).map_err(anyhow::Error::from)?;
+    let _ = write_stdout(&format!(
+        "backed up {} to {}\n",
+        store_path.display(),
+        args.to.display()
+    ));
     Ok(())
 }
 

@@ -89,7 +89,38 @@ async fn the_audit_survives_a_restart_and_the_cli_agrees_with_the_admin_api() {
         run_cli(&["audit", "--format", "json", "--config", config_arg]).await;
     assert_eq!(code, 0, "{stderr}");
     let cli: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(without_generated_at(cli), without_generated_at(api));
+    assert_eq!(without_generated_at(cli), without_generated_at(api.clone()));
+
+    // A backup taken while keybridge runs reads back as the same audit.
+    let backup = temp_path("audit-backup.db");
+    let to = backup.to_str().unwrap();
+    let (code, stdout, stderr) =
+        run_cli(&["backup-audit", "--to", to, "--config", config_arg]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("backed up "), "{stdout}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the backup is as private as the audit");
+    let (code, _, stderr) = run_cli(&["backup-audit", "--to", to, "--config", config_arg]).await;
+    assert_eq!(code, 1, "an existing file is never overwritten");
+    assert!(stderr.contains("cannot create the backup"), "{stderr}");
+    let restored_path = temp_path("restored.yaml");
+    let restored = TestConfig::from_yaml(&yaml).set("audit.path", to).yaml();
+    std::fs::write(&restored_path, restored).unwrap();
+    let (code, stdout, stderr) = run_cli(&[
+        "audit",
+        "--format",
+        "json",
+        "--config",
+        restored_path.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let from_backup: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        without_generated_at(from_backup),
+        without_generated_at(api.clone())
+    );
 
     let (code, table, _) = run_cli(&["audit", "--config", config_arg]).await;
     assert_eq!(code, 0);

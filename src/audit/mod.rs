@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 use report::AuditReport;
 
 /// Opens (creating and migrating if needed) the store `settings` name.
+pub use sqlite::backup;
+
 pub fn open_store(settings: &AuditSettings) -> Result<Arc<dyn AuditStore>, StoreError> {
     Ok(Arc::new(Arc::new(sqlite::SqliteStore::open(
         &settings.path,

@@ -477,6 +477,47 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Copies the audit file at `from` to the new file `to` (mode 0600): a consistent
+/// snapshot (SQLite `VACUUM INTO`) that is safe while keybridge runs and writes. `from`
+/// is opened read-only and never migrated, so a newer keybridge can back up the file of
+/// an older one still running.
+pub fn backup(from: &Path, to: &Path) -> Result<(), StoreError> {
+    use rusqlite::OpenFlags;
+    let open_error = |path: &Path, cause: String| StoreError::Open {
+        path: path.to_owned(),
+        cause,
+        denied: false,
+    };
+    let conn = Connection::open_with_flags(
+        from,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| open_error(from, e.to_string()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| open_error(from, e.to_string()))?;
+    // VACUUM INTO needs a new or empty file: create it private first, refusing to
+    // overwrite one that exists.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|e| StoreError::Open {
+            path: to.to_owned(),
+            cause: format!("cannot create the backup: {e}"),
+            denied: false,
+        })?;
+    create_private(to).map_err(|e| open_error(to, e.to_string()))?;
+    let target = to
+        .to_str()
+        .ok_or_else(|| open_error(to, "not a UTF-8 path".to_owned()))?;
+    conn.execute("VACUUM INTO ?1", [target])
+        .map_err(|cause| StoreError::Sqlite {
+            path: from.to_owned(),
+            cause,
+        })?;
+    Ok(())
+}
+
 /// Sets the connection up and brings its schema to the current version.
 fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, StoreError> {
     let err = |cause| StoreError::Sqlite {
