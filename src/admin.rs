@@ -70,21 +70,20 @@ async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "the admin listener answers to localhost names only (see admin_hosts)",
         );
     }
-    if !probe {
-        if let Some(token) = &config.admin_token {
-            if !authorized(req, token) {
-                let mut r = json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "this admin endpoint needs the admin token",
-                );
-                r.headers_mut().insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"keybridge admin\", charset=\"UTF-8\""),
-                );
-                return r;
-            }
-        }
+    if !probe
+        && let Some(token) = &config.admin_token
+        && !authorized(req, token)
+    {
+        let mut r = json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this admin endpoint needs the admin token",
+        );
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"keybridge admin\", charset=\"UTF-8\""),
+        );
+        return r;
     }
     if path == "/reload" {
         if req.method() != Method::POST {

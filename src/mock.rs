@@ -527,10 +527,10 @@ impl State {
             if now < issued.issued + self.config.settle {
                 return MockAuth::Rejected("token not yet active".into());
             }
-            if let Some(scope) = required_scope(method, uri.path()) {
-                if !issued.scopes.contains(&scope) {
-                    return MockAuth::Rejected(format!("missing scope {scope}"));
-                }
+            if let Some(scope) = required_scope(method, uri.path())
+                && !issued.scopes.contains(&scope)
+            {
+                return MockAuth::Rejected(format!("missing scope {scope}"));
             }
             return MockAuth::Bearer {
                 client_id: issued.client_id.clone(),

@@ -237,10 +237,10 @@ impl Recorder {
         if !self.enabled {
             return;
         }
-        if let Subject::Integration(name) = &subject {
-            if let Some(slot) = self.slot(name) {
-                return self.record_in(&slot, event);
-            }
+        if let Subject::Integration(name) = &subject
+            && let Some(slot) = self.slot(name)
+        {
+            return self.record_in(&slot, event);
         }
         let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
         self.other_window(&mut others, subject)
@@ -297,11 +297,11 @@ impl Recorder {
     /// exceeds a cap is counted in its overflow bucket).
     pub fn restore(&self, batch: Vec<(Subject, Window)>) {
         for (subject, w) in batch {
-            if let Subject::Integration(name) = &subject {
-                if let Some(slot) = self.slot(name) {
-                    merge(&mut slot.lock(), w, MAX_ENDPOINTS);
-                    continue;
-                }
+            if let Subject::Integration(name) = &subject
+                && let Some(slot) = self.slot(name)
+            {
+                merge(&mut slot.lock(), w, MAX_ENDPOINTS);
+                continue;
             }
             let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
             merge(

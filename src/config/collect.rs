@@ -124,24 +124,24 @@ fn missing_field(message: &str) -> Option<&str> {
 
 /// serde's message, made specific where the mistake is a common one.
 fn hint(message: &str, value: Option<&Value>) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((field, expected)) = rest.split_once("`, expected ") {
-            let known: Vec<&str> = expected
-                .split('`')
-                .skip(1)
-                .step_by(2)
-                .filter(|name| !name.is_empty())
-                .collect();
-            let closest = known
-                .iter()
-                .map(|name| (strsim::jaro_winkler(field, name), *name))
-                .filter(|(score, _)| *score > 0.8)
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            return match closest {
-                Some((_, name)) => format!("unknown field `{field}` (did you mean `{name}`?)"),
-                None => format!("unknown field `{field}` (known here: {})", known.join(", ")),
-            };
-        }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.split_once("`, expected ")
+    {
+        let known: Vec<&str> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|name| !name.is_empty())
+            .collect();
+        let closest = known
+            .iter()
+            .map(|name| (strsim::jaro_winkler(field, name), *name))
+            .filter(|(score, _)| *score > 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        return match closest {
+            Some((_, name)) => format!("unknown field `{field}` (did you mean `{name}`?)"),
+            None => format!("unknown field `{field}` (known here: {})", known.join(", ")),
+        };
     }
     match value {
         Some(Value::String(s)) if message.contains("expected u8") && is_percentage(s) => {

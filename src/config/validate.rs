@@ -157,10 +157,10 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
         v.error("instances", "define at least one Coupa instance");
     }
     durations(raw, v);
-    if let Some(token) = raw.admin_token.as_ref().filter(|_| secrets) {
-        if unbraced_variable(token.expose()).is_some() {
-            v.error("admin_token", unbraced_hint(token.expose()));
-        }
+    if let Some(token) = raw.admin_token.as_ref().filter(|_| secrets)
+        && unbraced_variable(token.expose()).is_some()
+    {
+        v.error("admin_token", unbraced_hint(token.expose()));
     }
     if secrets
         && raw
@@ -573,17 +573,17 @@ fn plan(
             ),
         );
     }
-    if let (Some(c), Some(i)) = (&client, &explicit_instance) {
-        if !Arc::ptr_eq(&c.instance, i) {
-            ok = false;
-            v.error(
+    if let (Some(c), Some(i)) = (&client, &explicit_instance)
+        && !Arc::ptr_eq(&c.instance, i)
+    {
+        ok = false;
+        v.error(
                 format!("{field}.instance"),
                 format!(
                     "`{}` differs from client `{}`'s instance `{}`; drop `instance:` (the client decides)",
                     i.name, c.name, c.instance.name
                 ),
             );
-        }
     }
     if raw.client.is_none() && raw.instance.is_none() && mode == Mode::Observe {
         ok = false;

@@ -223,10 +223,11 @@ impl TokenCache {
             .and_try_compute_with(|entry| async move {
                 let old = entry.map(|e| e.into_value());
                 let now = Instant::now();
-                if let Some(slot) = &old {
-                    if now < slot.current.refresh_at && now < slot.current.expires_at {
-                        return Ok(Op::Nop); // someone refreshed while we queued
-                    }
+                if let Some(slot) = &old
+                    && now < slot.current.refresh_at
+                    && now < slot.current.expires_at
+                {
+                    return Ok(Op::Nop); // someone refreshed while we queued
                 }
                 if let Some(err) = self.recent_failure(name, queued_at, now, respect_backoff) {
                     // A fetch failed while we queued, or we are inside the backoff
