@@ -47,8 +47,9 @@ pub enum Command {
     /// Copy the audit store to a new file: a consistent snapshot, safe while keybridge
     /// runs. Restore by stopping keybridge and putting the copy at `audit.path`.
     BackupAudit(BackupArgs),
-    /// Check an OAuth client against its Coupa instance: fetch a token, then call
-    /// GET /api/users?limit=1 (needs core.user.read). Exit 0 only on success.
+    /// Check an OAuth client against its Coupa instance: fetch a token, call a read
+    /// endpoint its scopes allow, and compare its scopes with what its integrations'
+    /// recorded endpoints need. Exit 0 only on success (2-5: see README).
     TestCredentials(TestCredentialsArgs),
     /// Exit 0 when a running keybridge is ready (its admin `/readyz` answers 200), 1
     /// otherwise with the reason: for container HEALTHCHECKs and scripts.

@@ -177,7 +177,8 @@ async fn test_credentials(path: &Path, args: &TestCredentialsArgs) -> Result<(),
     let mut say = |line: &str| {
         let _ = write_stdout(&format!("{line}\n"));
     };
-    match crate::credentials::check(&config, client, &mut say).await {
+    let recorded = recorded_endpoints(&config, &args.client).await;
+    match crate::credentials::check(&config, client, &recorded, &mut say).await {
         Ok(()) => {
             say(&format!("OK: client `{}` can call Coupa", args.client));
             Ok(())
@@ -205,6 +206,41 @@ async fn health(path: &Path, args: &HealthArgs) -> Result<(), Failure> {
         }
         Err(reason) => Err(invalid(format!("keybridge health: {reason}"))),
     }
+}
+
+/// What the audit recorded of the integrations using `client`: empty when there is no
+/// audit yet (or it cannot be read: the check then goes on without it).
+async fn recorded_endpoints(config: &Config, client: &str) -> Vec<crate::credentials::Recorded> {
+    if !config.audit.enabled || !config.audit.path.exists() {
+        return Vec::new();
+    }
+    let snapshot = match crate::audit::open_store(&config.audit) {
+        Ok(store) => store.snapshot().await,
+        Err(e) => Err(e),
+    };
+    let snapshot = match snapshot {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the audit; checking without recorded endpoints");
+            return Vec::new();
+        }
+    };
+    let report = crate::audit::report::build(&snapshot, config, crate::audit::unix_now());
+    report
+        .integrations
+        .into_iter()
+        .filter(|i| i.client.as_deref() == Some(client))
+        .flat_map(|i| {
+            let name = i.name;
+            i.endpoints
+                .into_iter()
+                .map(move |e| crate::credentials::Recorded {
+                    integration: name.clone(),
+                    endpoint: e.endpoint,
+                    scope: e.scope,
+                })
+        })
+        .collect()
 }
 
 async fn mock_coupa(args: MockArgs) -> Result<(), Failure> {

@@ -72,6 +72,20 @@ pub fn required_scope(method: &Method, path: &str) -> Option<String> {
     Some(format!("{family}.{right}"))
 }
 
+/// A collection path a `<family>.read` scope allows (`/api/invoices` for
+/// `core.invoice.read`): the resource named after the family, else its first in the
+/// table. `None` for other scopes or families not in the table.
+pub fn read_endpoint(scope: &str) -> Option<String> {
+    let family = scope.strip_suffix(".read")?;
+    let mut resources = RESOURCE_SCOPES.iter().filter(|(_, f)| *f == family);
+    let last = family.rsplit('.').next()?;
+    let named = RESOURCE_SCOPES
+        .iter()
+        .find(|(r, f)| *f == family && r.trim_end_matches('s') == last);
+    let (resource, _) = named.or_else(|| resources.next())?;
+    Some(format!("/api/{resource}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +114,20 @@ mod tests {
             Some("core.user.read")
         );
         assert_eq!(required_scope(&Method::GET, "/api/unheard_of"), None);
+        assert_eq!(
+            read_endpoint("core.invoice.read").as_deref(),
+            Some("/api/invoices")
+        );
+        assert_eq!(
+            read_endpoint("core.supplier.read").as_deref(),
+            Some("/api/suppliers")
+        );
+        assert_eq!(
+            read_endpoint("core.common.read").as_deref(),
+            Some("/api/addresses")
+        );
+        assert_eq!(read_endpoint("core.invoice.write"), None);
+        assert_eq!(read_endpoint("custom.thing.read"), None);
         assert_eq!(required_scope(&Method::GET, "/oauth2/token"), None);
     }
 }

@@ -81,21 +81,67 @@ async fn a_rejected_secret_exits_3() {
     assert!(!stderr.contains(SECRET));
 }
 
+/// Issue 11, item 7: a client with only the scopes its integration needs passes (the
+/// check calls an endpoint those scopes allow, not /api/users), and fails with the
+/// scope-missing code once its integration's recorded traffic needs a scope it lacks.
 #[tokio::test]
-async fn a_missing_user_read_scope_exits_4() {
-    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    // The client works for invoices but was never granted core.user.read.
-    let (code, _, stderr) = test_credentials(
-        yaml_with_scopes(&mock.base_url(), &["core.invoice.read"]),
-        "erp-sync",
+async fn a_least_privilege_client_passes_until_its_integration_needs_more() {
+    let mock = MockCoupa::new()
+        .client("erp-sync-client", SECRET, &["core.invoice.read"])
+        .api_key(KEY)
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let yaml = yaml_with_scopes(&mock.base_url(), &["core.invoice.read"]);
+    let (code, stdout, stderr) = test_credentials(yaml.clone(), "erp-sync").await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("/api/invoices?limit=1"), "{stdout}");
+    assert_eq!(mock.requests()[0].target, "/api/invoices?limit=1");
+    assert!(stdout.contains("no recorded traffic"), "{stdout}");
+
+    // The integration reads invoices (allowed) and then tries to create one.
+    let proxy = start_proxy(&yaml).await;
+    wait_ready(proxy.admin_addr).await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", KEY)],
     )
     .await;
-    assert_eq!(code, 4, "{stderr}");
+    assert_eq!(status, http::StatusCode::OK);
+    let (status, _, _) = send(
+        http::Method::POST,
+        proxy.proxy_addr,
+        "/api/invoices",
+        &[("x-coupa-api-key", KEY)],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        status,
+        http::StatusCode::FORBIDDEN,
+        "Coupa refuses the write"
+    );
+    proxy.shutdown().await;
+
+    let (code, stdout, stderr) = test_credentials(yaml, "erp-sync").await;
+    assert_eq!(code, 4, "{stdout}{stderr}");
     assert!(
-        stderr.contains("scope missing") && stderr.contains("core.user.read"),
+        stdout.contains("GET ")
+            && stdout.contains("/api/invoices?limit=1 (an endpoint its integrations use"),
+        "the probe is the integration's own read: {stdout}"
+    );
+    assert!(
+        stderr.contains("scope missing: the credentials work, but its integrations call endpoints needing core.invoice.write")
+            && stderr.contains("POST /api/invoices (netsuite-bundle)")
+            && stderr.contains("clients.erp-sync.scopes"),
         "{stderr}"
     );
+}
 
+#[tokio::test]
+async fn a_scope_the_client_lacks_exits_4() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     // Asking for a scope the client was not granted fails at the token endpoint.
     let (code, _, stderr) = test_credentials(
         yaml_with_scopes(&mock.base_url(), &["core.supplier.read"]),
@@ -104,6 +150,20 @@ async fn a_missing_user_read_scope_exits_4() {
     .await;
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("invalid_scope"), "{stderr}");
+
+    // Listing no scopes (all granted) falls back to Coupa's own test call, /api/users.
+    let narrow = MockCoupa::new()
+        .client("erp-sync-client", SECRET, &["core.invoice.read"])
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let (code, _, stderr) =
+        test_credentials(yaml_with_scopes(&narrow.base_url(), &[]), "erp-sync").await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("403 to GET /api/users?limit=1") && stderr.contains("core.user.read"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
