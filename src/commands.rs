@@ -91,12 +91,13 @@ fn check(path: &Path) -> Result<(), Failure> {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
+    use crate::audit::report::plural;
     let summary = format!(
-        "{}: OK ({} instances, {} clients, {} integrations)\n",
+        "{}: OK ({}, {}, {})\n",
         path.display(),
-        config.instances.len(),
-        config.clients.len(),
-        config.integrations.len()
+        plural(config.instances.len(), "instance"),
+        plural(config.clients.len(), "client"),
+        plural(config.integrations.len(), "integration")
     );
     // A closed stdout must not turn a valid config into a failure.
     let _ = write_stdout(&summary);

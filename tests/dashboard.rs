@@ -63,7 +63,47 @@ async fn headless(url: String, extra: Vec<String>) -> String {
 
 #[tokio::test]
 async fn the_dashboard_renders_progress_states_advice_and_unknown_keys() {
-    let (mock, proxy) = start_pair(mock(), "").await;
+    // Prod and test instances; a canary at 20 % and an observed integration both still
+    // send their keys, so two of three integrations count as sending keys.
+    const CANARY_KEY: &str = "canary-integration-key-0001";
+    const OBSERVED_KEY: &str = "observed-integration-key-0002";
+    let mock = mock()
+        .api_key(CANARY_KEY)
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let test_instance = keybridge::mock::MockCoupa::new()
+        .api_key(OBSERVED_KEY)
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let config = TestConfig::standard(&mock.base_url())
+        .set("instances.test.base_url", test_instance.base_url())
+        .push(
+            "integrations",
+            serde_json::json!({"name": "ap-canary", "api_key": CANARY_KEY,
+                "client": "erp-sync", "mode": "canary", "canary_percent": 20}),
+        )
+        .push(
+            "integrations",
+            serde_json::json!({"name": "celigo-observed", "api_key": OBSERVED_KEY,
+                "instance": "test", "mode": "observe"}),
+        );
+    let proxy = start_proxy(&config.yaml()).await;
+    wait_ready(proxy.admin_addr).await;
+    for key in [CANARY_KEY, OBSERVED_KEY] {
+        for i in 0..10 {
+            let path = format!("/api/invoices/{i}");
+            let (status, _, _) = get(proxy.proxy_addr, &path, &[("x-coupa-api-key", key)]).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    assert_eq!(
+        test_instance.api_hits(),
+        10,
+        "the observed integration reaches `test`"
+    );
+    let before = mock.api_hits();
     for i in 0..3 {
         let (status, _, _) = get(
             proxy.proxy_addr,
@@ -87,7 +127,7 @@ async fn the_dashboard_renders_progress_states_advice_and_unknown_keys() {
         &[("x-coupa-api-key", "some-old-key"), ("user-agent", hostile)],
     )
     .await;
-    assert_eq!(mock.api_hits(), 4);
+    assert_eq!(mock.api_hits() - before, 4);
 
     let url = format!("http://{}/", proxy.admin_addr);
     let dom = headless(url.clone(), vec!["--dump-dom".into()]).await;
@@ -96,12 +136,32 @@ async fn the_dashboard_renders_progress_states_advice_and_unknown_keys() {
         "the page's script ran and loaded /audit:\n{dom}"
     );
     assert!(dom.contains(r#"data-integration="netsuite-bundle""#));
+    assert!(
+        dom.contains(r#"id="n-sending">2 of 3<"#),
+        "the canary and the observed integration send keys; netsuite-bundle does not"
+    );
+    let row = |name: &str| {
+        let start = dom.find(&format!(r#"data-integration="{name}""#)).unwrap();
+        dom[start..start + dom[start..].find("</tr>").unwrap()].to_owned()
+    };
+    assert!(
+        row("netsuite-bundle").contains("<td>prod</td>"),
+        "instance column"
+    );
+    assert!(
+        row("celigo-observed").contains("<td>test</td>"),
+        "instance column"
+    );
+    assert!(
+        row("netsuite-bundle").contains("core.invoice.write"),
+        "unused scopes column: the client requests write, nothing wrote"
+    );
     assert!(dom.contains("on OAuth"), "state badge");
     assert!(dom.contains("core.supplier.read (missing)"), "scope advice");
     assert!(dom.contains("add scopes: core.supplier.read"));
     assert!(
-        dom.contains(r#"id="key-share">0%<"#),
-        "progress card: all forwarded traffic is on OAuth"
+        !dom.contains(r#"id="key-share">0%<"#) && !dom.contains(r#"id="key-share">–<"#),
+        "progress card: some forwarded traffic is still on keys"
     );
     assert!(
         dom.contains(r#"id="key-share-line""#),

@@ -25,6 +25,9 @@ pub struct AuditReport {
     pub totals: BTreeMap<&'static str, u64>,
     /// Share of forwarded requests Coupa still received with an API key.
     pub key_share_percent: Option<f64>,
+    /// Integrations that sent a request with their API key (or fell back to it) within
+    /// `audit.ready_after`, whatever their mode: a canary at 20 % still sends keys.
+    pub integrations_sending_keys: usize,
     pub integrations: Vec<IntegrationReport>,
     pub unknown_keys: Vec<CallerReport>,
     /// Bearer callers and requests without credentials.
@@ -54,6 +57,8 @@ pub struct IntegrationReport {
     /// `on OAuth`, `ready to disable the key in Coupa`, …
     pub state: String,
     pub state_code: &'static str,
+    /// Sent a key-based request (key or fallback) within `audit.ready_after`.
+    pub sends_keys: bool,
     pub requests: BTreeMap<&'static str, u64>,
     pub total: u64,
     pub first_seen: Option<String>,
@@ -262,6 +267,7 @@ pub fn build(snapshot: &Snapshot, config: &Config, now: i64) -> AuditReport {
         generated_at: rfc3339(now),
         totals: by_outcome(&totals),
         key_share_percent: key_share(&totals),
+        integrations_sending_keys: integrations.iter().filter(|i| i.sends_keys).count(),
         integrations,
         unknown_keys,
         other_callers,
@@ -383,6 +389,7 @@ fn integration_report(
             .map(Percent::get),
         state,
         state_code,
+        sends_keys: !quiet_since(row.last_key_seen) || !quiet_since(row.last_fallback),
         requests: by_outcome(&row.counts),
         total: row.counts.total(),
         first_seen: row.first_seen.map(rfc3339),
@@ -475,6 +482,7 @@ pub fn advise(
 pub fn render_table(r: &AuditReport) -> String {
     let header = [
         "INTEGRATION",
+        "INSTANCE",
         "MODE",
         "STATE",
         "API_KEY",
@@ -485,11 +493,13 @@ pub fn render_table(r: &AuditReport) -> String {
         "NEEDED SCOPES",
         "CONFIGURED",
         "MISSING",
+        "UNUSED",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for i in &r.integrations {
         rows.push(vec![
             i.name.clone(),
+            or_dash(i.instance.clone().unwrap_or_default()),
             i.mode.map(|m| m.as_str()).unwrap_or("-").to_owned(),
             i.state.clone(),
             i.requests["api_key"].to_string(),
@@ -504,12 +514,19 @@ pub fn render_table(r: &AuditReport) -> String {
                 or_dash(i.scopes.configured.join(" "))
             },
             or_dash(i.scopes.missing.join(" ")),
+            or_dash(i.scopes.unused.join(" ")),
         ]);
     }
     let mut out = table(&rows);
     let _ = writeln!(
         out,
-        "\nKey share of forwarded traffic: {}",
+        "\nIntegrations sending keys: {} of {}",
+        r.integrations_sending_keys,
+        plural(r.integrations.len(), "integration")
+    );
+    let _ = writeln!(
+        out,
+        "Key share of forwarded traffic: {}",
         r.key_share_percent
             .map(|p| format!("{p}%"))
             .unwrap_or_else(|| "no traffic".into())
@@ -655,5 +672,14 @@ mod tests {
             csv_field("canary (30% OAuth, 1 fallback)"),
             "\"canary (30% OAuth, 1 fallback)\""
         );
+    }
+}
+
+/// `1 integration`, `3 integrations`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
