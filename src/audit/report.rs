@@ -621,6 +621,15 @@ fn csv_field(f: &str) -> String {
     }
 }
 
+/// `1 integration`, `3 integrations`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,14 +681,5 @@ mod tests {
             csv_field("canary (30% OAuth, 1 fallback)"),
             "\"canary (30% OAuth, 1 fallback)\""
         );
-    }
-}
-
-/// `1 integration`, `3 integrations`.
-pub fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("{n} {noun}")
-    } else {
-        format!("{n} {noun}s")
     }
 }
