@@ -72,6 +72,25 @@ async fn the_demo_swaps_the_key_and_stops_cleanly_on_sigterm() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["auth"], "bearer");
 
+    // The README's quick-start curl, as written (only the port is this demo's).
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("curl -sg -H 'X-COUPA-API-KEY").unwrap();
+    let end = start + readme[start..].find("\n```").unwrap();
+    let curl = readme[start..end].replace("127.0.0.1:8080", &proxy.to_string());
+    let out = Command::new("sh").arg("-c").arg(&curl).output().unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{curl}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.contains(r#""auth":"bearer""#), "{curl}: {body}");
+    assert!(
+        body.contains(r#"fields=[%22id%22]"#),
+        "the query arrives byte-exact: {body}"
+    );
+
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -111,7 +130,7 @@ async fn the_demo_swaps_the_key_and_stops_cleanly_on_sigterm() {
         .find(|i| i["name"] == "demo-erp")
         .unwrap();
     assert_eq!(
-        erp["requests"]["oauth"], 1,
-        "the one request of this demo, nothing else"
+        erp["requests"]["oauth"], 2,
+        "the two requests of this demo, nothing else"
     );
 }
