@@ -286,6 +286,20 @@ fn a_mistake_is_reported_once_where_it_was_made() {
 }
 
 #[test]
+fn a_file_of_hundreds_of_mistakes_is_reported_in_bounded_work() {
+    let mut yaml = valid();
+    for i in 0..500 {
+        yaml.push_str(&format!("typo_{i}: 1\n"));
+    }
+    let out = check(&yaml);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    let reported = stderr.lines().filter(|l| l.contains("unknown field `typo_")).count();
+    assert_eq!(reported, 200, "the first 200, then it stops looking");
+    assert!(stderr.contains("(more): stopped looking after 200 problems"), "{stderr}");
+}
+
+#[test]
 fn a_missing_file_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_keybridge"))
         .args(["check", "--config", "/nonexistent/keybridge.yaml"])

@@ -103,6 +103,10 @@ pub(super) fn deserialize(tree: &mut Value, problems: &mut Problems) -> Option<R
             return None;
         }
     }
+    problems.add(
+        "(more)".to_owned(),
+        format!("stopped looking after {MAX_ROUNDS} problems: fix these and run check again"),
+    );
     None
 }
 
