@@ -71,8 +71,7 @@ fn a_valid_config_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains("OK (1 instances, 1 clients, 1 integrations)")
+        String::from_utf8_lossy(&out.stdout).contains("OK (1 instance, 1 client, 1 integration)")
     );
 }
 
@@ -294,9 +293,15 @@ fn a_file_of_hundreds_of_mistakes_is_reported_in_bounded_work() {
     let out = check(&yaml);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    let reported = stderr.lines().filter(|l| l.contains("unknown field `typo_")).count();
+    let reported = stderr
+        .lines()
+        .filter(|l| l.contains("unknown field `typo_"))
+        .count();
     assert_eq!(reported, 200, "the first 200, then it stops looking");
-    assert!(stderr.contains("(more): stopped looking after 200 problems"), "{stderr}");
+    assert!(
+        stderr.contains("(more): stopped looking after 200 problems"),
+        "{stderr}"
+    );
 }
 
 #[test]
