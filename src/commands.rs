@@ -125,15 +125,10 @@ fn hash_key() -> Result<(), Failure> {
 async fn audit(path: &Path, args: &AuditArgs) -> Result<(), Failure> {
     let config = Config::load_without_secrets(path)
         .with_context(|| format!("invalid configuration {}", path.display()))?;
-    let store_path = &config.audit.path;
-    if !store_path.exists() {
-        return Err(anyhow::anyhow!(
-            "no audit store at {} (has keybridge run with this config, from this directory?)",
-            store_path.display()
-        )
-        .into());
-    }
-    let store = crate::audit::open_store(&config.audit).map_err(anyhow::Error::from)?;
+    recorded_audit(&config)?;
+    let store = crate::audit::open_store(&config.audit, &config.replica)
+        .await
+        .map_err(anyhow::Error::from)?;
     let snapshot = store.snapshot().await.map_err(anyhow::Error::from)?;
     let report = crate::audit::report::build(&snapshot, &config, crate::audit::unix_now());
     let text = match args.format {
@@ -148,13 +143,33 @@ async fn audit(path: &Path, args: &AuditArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether there is an audit to read: a SQLite file that exists, or a PostgreSQL URL
+/// that is set (reading it says whether it can be reached).
+fn recorded_audit(config: &Config) -> Result<(), Failure> {
+    match &config.audit.postgres_url {
+        Some(url) if url.is_empty() => Err(invalid(
+            "audit.postgres_url is empty: set the environment variable it names".to_owned(),
+        )),
+        Some(_) => Ok(()),
+        None if config.audit.path.exists() => Ok(()),
+        None => Err(invalid(format!(
+            "keybridge: no audit store at {} (has keybridge run with this config, from this directory?)",
+            config.audit.path.display()
+        ))),
+    }
+}
+
 fn backup_audit(path: &Path, args: &BackupArgs) -> Result<(), Failure> {
     let config = Config::load_without_secrets(path)
         .with_context(|| format!("invalid configuration {}", path.display()))?;
-    let store_path = &config.audit.path;
-    if !store_path.exists() {
-        return Err(anyhow::anyhow!("no audit store at {}", store_path.display()).into());
+    if config.audit.postgres_url.is_some() {
+        return Err(invalid(
+            "the audit is in PostgreSQL (audit.postgres_url): back it up with pg_dump --table='keybridge_*'"
+                .to_owned(),
+        ));
     }
+    recorded_audit(&config)?;
+    let store_path = &config.audit.path;
     crate::audit::backup(store_path, &args.to).map_err(anyhow::Error::from)?;
     let _ = write_stdout(&format!(
         "backed up {} to {}\n",
@@ -212,10 +227,10 @@ async fn health(path: &Path, args: &HealthArgs) -> Result<(), Failure> {
 /// What the audit recorded of the integrations using `client`: empty when there is no
 /// audit yet (or it cannot be read: the check then goes on without it).
 async fn recorded_endpoints(config: &Config, client: &str) -> Vec<crate::credentials::Recorded> {
-    if !config.audit.enabled || !config.audit.path.exists() {
+    if !config.audit.enabled || recorded_audit(config).is_err() {
         return Vec::new();
     }
-    let snapshot = match crate::audit::open_store(&config.audit) {
+    let snapshot = match crate::audit::open_store(&config.audit, &config.replica).await {
         Ok(store) => store.snapshot().await,
         Err(e) => Err(e),
     };

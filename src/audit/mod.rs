@@ -3,10 +3,11 @@
 //!
 //! [`recorder`] aggregates on the request path (one uncontended lock per request, no
 //! I/O); a background task hands the aggregates to an [`AuditStore`] ([`sqlite`] is the
-//! embedded one) every `flush_interval`; [`report`] turns a store's [`Snapshot`] into
+//! embedded one, [`postgres`] the fleet's shared one) every `flush_interval`; [`report`] turns a store's [`Snapshot`] into
 //! the per-integration view shown by `keybridge audit`, `GET /audit` and the dashboard.
 
 pub(crate) mod outcome;
+mod postgres;
 pub(crate) mod recorder;
 pub(crate) mod report;
 mod sqlite;
@@ -23,13 +24,31 @@ use crate::config::{AuditSettings, Config, Mode};
 use crate::metrics::Metrics;
 use report::AuditReport;
 
-/// Opens (creating and migrating if needed) the store `settings` name.
 pub use sqlite::backup;
 
-pub fn open_store(settings: &AuditSettings) -> Result<Arc<dyn AuditStore>, StoreError> {
+/// The configured store: PostgreSQL with `audit.postgres_url` (shared by the fleet),
+/// else the SQLite file. A PostgreSQL that cannot be reached yet is not an error here
+/// (keybridge serves, the audit waits in memory); a schema newer than this binary is.
+pub async fn open_store(
+    settings: &AuditSettings,
+    replica: &str,
+) -> Result<Arc<dyn AuditStore>, StoreError> {
+    if let Some(url) = &settings.postgres_url {
+        let store = postgres::PostgresStore::new(url, replica, settings.retention)?;
+        match store.migrate().await {
+            Ok(()) => {}
+            Err(e @ StoreError::TooNew { .. }) => return Err(e),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the PostgreSQL audit cannot be reached yet: requests are served, the audit is kept in memory and written when it is back"
+            ),
+        }
+        return Ok(Arc::new(store));
+    }
     Ok(Arc::new(Arc::new(sqlite::SqliteStore::open(
         &settings.path,
         settings.retention,
+        replica,
     )?)))
 }
 
@@ -58,6 +77,9 @@ pub struct Audit {
     modes: tokio::sync::watch::Sender<Vec<(Arc<str>, Mode)>>,
     /// Serialises flushes (background, on demand, at shutdown).
     flushing: tokio::sync::Mutex<()>,
+    /// The modes could not be recorded at start (a shared store away): the flusher
+    /// records them once it can.
+    modes_unsynced: std::sync::atomic::AtomicBool,
 }
 
 impl Audit {
@@ -69,9 +91,19 @@ impl Audit {
             config.integrations.iter().map(|i| &i.name),
             settings.max_unknown_keys,
         ));
+        let mut modes_unsynced = false;
         let store = if settings.enabled {
-            let store = open_store(settings)?;
-            store.sync_modes(modes(config), unix_now()).await?;
+            let store = open_store(settings, &config.replica).await?;
+            match store.sync_modes(modes(config), unix_now()).await {
+                Ok(()) => {}
+                // A shared store may be away at start; the flusher retries.
+                Err(e) if settings.postgres_url.is_some() => {
+                    metrics.audit_failed("sync_modes");
+                    tracing::warn!(error = %e, "audit: could not record the configured modes yet; will retry");
+                    modes_unsynced = true;
+                }
+                Err(e) => return Err(e),
+            }
             Some(store)
         } else {
             None
@@ -84,6 +116,7 @@ impl Audit {
             degraded: std::sync::Mutex::new(None),
             modes: tokio::sync::watch::Sender::new(modes(config)),
             flushing: tokio::sync::Mutex::new(()),
+            modes_unsynced: std::sync::atomic::AtomicBool::new(modes_unsynced),
         })
     }
 
@@ -137,10 +170,9 @@ impl Audit {
             return Ok(());
         };
         let _serial = self.flushing.lock().await;
+        // An empty batch still goes to the store: it records that this replica is alive
+        // (`replicas` in the report).
         let batch = self.recorder.take();
-        if batch.is_empty() {
-            return Ok(());
-        }
         let subjects = batch.len();
         let started = std::time::Instant::now();
         let batch = Arc::new(batch);
@@ -200,7 +232,9 @@ impl Audit {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
-            let mut modes_pending = false;
+            let mut modes_pending = audit
+                .modes_unsynced
+                .load(std::sync::atomic::Ordering::Relaxed);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {

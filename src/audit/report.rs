@@ -34,6 +34,18 @@ pub struct AuditReport {
     pub other_callers: Vec<CallerReport>,
     /// Per-minute totals, oldest first.
     pub traffic: Vec<TrafficPoint>,
+    /// The replicas writing this audit and when each last flushed: one that stopped
+    /// (crashed, cut off from the store) shows `stale`.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaReport {
+    pub name: String,
+    pub first_seen: String,
+    pub last_flush: String,
+    /// No flush for three flush intervals (at least 30 s).
+    pub stale: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -263,7 +275,19 @@ pub fn build(snapshot: &Snapshot, config: &Config, now: i64) -> AuditReport {
     }
     let since = now - TRAFFIC_WINDOW;
 
+    let stale_after = (3 * config.audit.flush_interval.as_secs() as i64).max(30);
+    let replicas = snapshot
+        .replicas
+        .iter()
+        .map(|r| ReplicaReport {
+            name: r.name.clone(),
+            first_seen: rfc3339(r.first_seen),
+            last_flush: rfc3339(r.last_flush),
+            stale: now - r.last_flush > stale_after,
+        })
+        .collect();
     AuditReport {
+        replicas,
         generated_at: rfc3339(now),
         totals: by_outcome(&totals),
         key_share_percent: key_share(&totals),

@@ -49,21 +49,26 @@ const MIGRATIONS: &[&str] = &[
         api_key INTEGER NOT NULL DEFAULT 0, oauth INTEGER NOT NULL DEFAULT 0,
         fallback INTEGER NOT NULL DEFAULT 0, denied INTEGER NOT NULL DEFAULT 0,
         native INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);",
+    // v2: the replicas that flush here (one, unless several share the file by mistake).
+    "CREATE TABLE replicas (
+        name TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, last_flush INTEGER NOT NULL);",
 ];
 
 /// Peer values kept per subject (IPs and user agents); more are not stored.
-const MAX_PEERS_PER_SUBJECT: i64 = 200;
+pub(crate) const MAX_PEERS_PER_SUBJECT: i64 = 200;
 /// Distinct endpoints stored per integration (and per integration in the fallback and
 /// shadow tables); more are counted under one `(other endpoints)` row.
 pub(crate) const MAX_ENDPOINTS_PER_SUBJECT: i64 = 500;
 /// The same for the other subjects (unknown keys, bearer callers, anonymous), of which
 /// there can be `max_unknown_keys` + 3; also their peer values.
 pub(crate) const MAX_ENDPOINTS_PER_OTHER: i64 = 50;
-const MAX_PEERS_PER_OTHER: i64 = 20;
+pub(crate) const MAX_PEERS_PER_OTHER: i64 = 20;
 
 /// An open audit file.
 pub struct SqliteStore {
     path: PathBuf,
+    /// This process's `fleet.replica`, recorded at every flush.
+    replica: String,
     conn: Mutex<Connection>,
     /// Rows and minutes not seen for this long are deleted (`audit.retention`).
     retention: i64,
@@ -73,7 +78,11 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the file.
-    pub fn open(path: &Path, retention: std::time::Duration) -> Result<SqliteStore, StoreError> {
+    pub fn open(
+        path: &Path,
+        retention: std::time::Duration,
+        replica: &str,
+    ) -> Result<SqliteStore, StoreError> {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let open_error = |cause: String, denied: bool| StoreError::Open {
             path: absolute.clone(),
@@ -106,6 +115,7 @@ impl SqliteStore {
         })?;
         Ok(SqliteStore {
             path: path.to_owned(),
+            replica: replica.to_owned(),
             conn: Mutex::new(conn),
             retention: i64::try_from(retention.as_secs()).unwrap_or(i64::MAX),
             swept: Mutex::new(0),
@@ -149,11 +159,18 @@ impl SqliteStore {
         now: i64,
         max_unknown_keys: usize,
     ) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        exec(
+            &tx,
+            "INSERT INTO replicas (name, first_seen, last_flush) VALUES (?1, ?2, ?2)
+             ON CONFLICT (name) DO UPDATE SET last_flush = MAX(replicas.last_flush, excluded.last_flush)",
+            params![self.replica, now],
+        )
+        .map_err(|e| self.err(e))?;
+        if batch.is_empty() {
+            return tx.commit().map_err(|e| self.err(e));
+        }
         let mut unknown_stored: i64 = tx
             .query_row(
                 "SELECT COUNT(*) FROM subjects WHERE kind = 'unknown_key' AND name != ?1",
@@ -453,6 +470,20 @@ impl SqliteStore {
                 counts[o] = v.max(0) as u64;
             }
             snap.traffic.push((r.get(0).map_err(e)?, counts));
+        }
+        drop(rows);
+        drop(stmt);
+
+        let mut stmt = conn
+            .prepare("SELECT name, first_seen, last_flush FROM replicas ORDER BY name")
+            .map_err(e)?;
+        let mut rows = stmt.query([]).map_err(e)?;
+        while let Some(r) = rows.next().map_err(e)? {
+            snap.replicas.push(super::store::ReplicaRow {
+                name: r.get(0).map_err(e)?,
+                first_seen: r.get(1).map_err(e)?,
+                last_flush: r.get(2).map_err(e)?,
+            });
         }
         Ok(snap)
     }

@@ -45,6 +45,12 @@ pub enum StoreError {
     },
     #[error("audit store task failed: {0}")]
     Task(String),
+    /// PostgreSQL could not be reached or refused a statement. `target` is
+    /// `host:port/dbname`: never the user or password of the URL.
+    #[error("audit store PostgreSQL {target}: {cause}")]
+    Postgres { target: String, cause: String },
+    #[error("{0}")]
+    Config(String),
     /// The store could not be created or opened at start: says which setting to change.
     #[error("cannot open the audit store {path} (set by `audit.path`): {cause}{}", hint(.denied))]
     Open {
@@ -69,6 +75,18 @@ pub struct Snapshot {
     pub subjects: BTreeMap<(String, String), SubjectRow>,
     /// (minute, counts by outcome).
     pub traffic: Vec<(i64, OutcomeMap<u64>)>,
+    /// The replicas that flush into this store, and when each last did.
+    pub replicas: Vec<ReplicaRow>,
+}
+
+/// A replica that reports to the store (`fleet.replica`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRow {
+    pub name: String,
+    /// Unix seconds of its first flush.
+    pub first_seen: i64,
+    /// Unix seconds of its last flush (every `audit.flush_interval`, traffic or not).
+    pub last_flush: i64,
 }
 
 #[derive(Debug, Default, Clone)]

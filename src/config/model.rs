@@ -46,6 +46,8 @@ pub struct Config {
     pub token: TokenSettings,
     pub upstream: UpstreamSettings,
     pub server: ServerSettings,
+    /// This replica's name (`fleet.replica`, or the host name).
+    pub replica: Arc<str>,
     /// Things that are allowed but probably unintended (logged at start-up).
     pub warnings: Vec<String>,
 }

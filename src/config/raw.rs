@@ -67,6 +67,17 @@ pub(super) struct RawConfig {
     pub upstream: UpstreamSettings,
     #[serde(default)]
     pub server: ServerSettings,
+    #[serde(default)]
+    pub fleet: FleetSettings,
+}
+
+/// Running several replicas.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// This replica's name in the audit and on the dashboard (letters, digits, `.`, `_`,
+    /// `-`; up to 63). Default: the host name (a container's is its id).
+    pub replica: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -275,8 +286,13 @@ impl Default for CutoverSettings {
 pub struct AuditSettings {
     /// `true`: record requests at all (turn off only to measure the audit's cost).
     pub enabled: bool,
-    /// `keybridge-audit.db`: the SQLite file, relative to the working directory.
+    /// `keybridge-audit.db`: the SQLite file, relative to the working directory. Unused
+    /// with `postgres_url`.
     pub path: PathBuf,
+    /// Optional: `postgres://user:password@host:5432/dbname` (usually `${VAR}`; a
+    /// secret, never logged): the shared audit of a fleet, in tables prefixed
+    /// `keybridge_`. Replicas add their counts, so totals are exact across replicas.
+    pub postgres_url: Option<Secret>,
     /// `10s` (100ms–1h): aggregates are written this often (a crash loses at most this
     /// much; shutdown flushes).
     #[serde(with = "humantime_serde")]
@@ -299,6 +315,7 @@ impl Default for AuditSettings {
         AuditSettings {
             enabled: true,
             path: PathBuf::from("keybridge-audit.db"),
+            postgres_url: None,
             flush_interval: Duration::from_secs(10),
             ready_after: Duration::from_secs(7 * 24 * 3600),
             max_unknown_keys: 1000,

@@ -115,6 +115,10 @@ pub(super) fn validate(
         tls_files(tls, base_dir, &mut v);
     }
     let forwarding = forwarding(&raw.forwarding, &mut v);
+    let replica = replica(raw.fleet.replica.as_deref(), &mut v);
+    if let Some(url) = raw.audit.postgres_url.as_ref().filter(|_| secrets) {
+        postgres_url(url, &mut v);
+    }
 
     if !v.errors.is_empty() {
         return Err(v.errors);
@@ -144,6 +148,7 @@ pub(super) fn validate(
         token: raw.token,
         upstream: raw.upstream,
         server: raw.server,
+        replica,
         warnings: v.warnings,
     })
 }
@@ -705,6 +710,47 @@ fn default_instance(
         }
     }
     found
+}
+
+/// `fleet.replica`, or this host's name; a name that fits a label and a log line.
+fn replica(named: Option<&str>, v: &mut Findings) -> Arc<str> {
+    let valid = |n: &str| {
+        (1..=63).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    match named {
+        Some(name) if valid(name) => name.into(),
+        Some(_) => {
+            v.error(
+                "fleet.replica",
+                "1 to 63 letters, digits, `.`, `_` or `-` (it names this replica in the audit)",
+            );
+            "keybridge".into()
+        }
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| valid(h))
+            .unwrap_or_else(|| "keybridge".to_owned())
+            .into(),
+    }
+}
+
+/// The shape of `audit.postgres_url`; the message never quotes it (it holds a password).
+fn postgres_url(url: &Secret, v: &mut Findings) {
+    let text = url.expose();
+    if text.is_empty() {
+        v.error("audit.postgres_url", "must not be empty");
+    } else if unbraced_variable(text).is_some() {
+        v.error("audit.postgres_url", unbraced_hint(text));
+    } else if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        v.error(
+            "audit.postgres_url",
+            "must be a URL like postgres://user:password@host:5432/dbname",
+        );
+    }
 }
 
 /// Methods as `http::Method`s (never TRACE or CONNECT); prefixes that are clean paths.

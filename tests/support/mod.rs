@@ -26,6 +26,7 @@ use keybridge::server::Running;
 
 pub mod config;
 pub mod leak;
+pub mod pg;
 pub mod process;
 pub mod raw;
 

@@ -1,0 +1,209 @@
+//! An SRE runs keybridge as a fleet: two (or more) replicas, one PostgreSQL audit. Each
+//! replica is the real binary in its own process; the database is a fresh one on the
+//! machine's PostgreSQL. The audit is one truth whatever replica serves or reports.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::StatusCode;
+use support::pg::TestDatabase;
+use support::process::{Process, keybridge};
+use support::*;
+
+/// A replica's config file: the standard config with the shared audit.
+fn replica_config(
+    base_url: &str,
+    replica: &str,
+    edit: impl FnOnce(TestConfig) -> TestConfig,
+) -> PathBuf {
+    let config = TestConfig::standard(base_url)
+        .set("audit.postgres_url", "${KEYBRIDGE_DATABASE_URL}")
+        .set("audit.flush_interval", "1s")
+        .set("fleet.replica", replica);
+    let path = temp_path(&format!("{replica}.yaml"));
+    std::fs::write(&path, edit(config).yaml()).unwrap();
+    path
+}
+
+fn replica_command(config: &PathBuf, db: &TestDatabase) -> std::process::Command {
+    let mut command = keybridge();
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("ERP_SYNC_SECRET", SECRET)
+        .env("KEYBRIDGE_DATABASE_URL", &db.url);
+    command
+}
+
+/// Starts a replica off the runtime's thread (the mock Coupa answers on it meanwhile).
+async fn spawn(command: std::process::Command) -> Process {
+    tokio::task::spawn_blocking(move || Process::spawn(command))
+        .await
+        .unwrap()
+}
+
+async fn audit_of(admin: std::net::SocketAddr) -> serde_json::Value {
+    let (status, _, body) = get(admin, "/audit", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    json(&body)
+}
+
+fn integration<'a>(audit: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    audit["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no integration {name} in {audit}"))
+}
+
+async fn send_keyed(proxy: std::net::SocketAddr, n: usize) {
+    for i in 0..n {
+        let (status, _, _) = get(
+            proxy,
+            &format!("/api/invoices/{i}"),
+            &[("x-coupa-api-key", KEY)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+/// What must be shown 1 and 6: replicas started together on an empty database migrate
+/// it once without error; 30 requests through A and 20 through B are 50 in the audit,
+/// read from either replica or from the CLI; both replicas are listed as reporting.
+#[tokio::test]
+async fn two_replicas_share_one_exact_audit_and_migrate_it_once() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let db = TestDatabase::create().await;
+    let config_a = replica_config(&mock.base_url(), "kb-a", |c| c);
+    let config_b = replica_config(&mock.base_url(), "kb-b", |c| c);
+    let (a, b) = (
+        replica_command(&config_a, &db),
+        replica_command(&config_b, &db),
+    );
+    let (mut a, mut b) = tokio::join!(spawn(a), spawn(b));
+    wait_ready(a.admin()).await;
+    wait_ready(b.admin()).await;
+
+    let migrations = a.output().matches("audit store migrated").count()
+        + b.output().matches("audit store migrated").count();
+    assert_eq!(migrations, 1, "one migration (v1) between both replicas");
+    for out in [a.output(), b.output()] {
+        assert!(!out.contains(r#""level":"ERROR""#), "{out}");
+    }
+
+    send_keyed(a.proxy(), 30).await;
+    send_keyed(b.proxy(), 20).await;
+    // Each replica's /audit flushes its own aggregates first; after both, either
+    // replica reads the shared totals.
+    audit_of(b.admin()).await;
+    let from_a = audit_of(a.admin()).await;
+    let from_b = audit_of(b.admin()).await;
+    for audit in [&from_a, &from_b] {
+        let erp = integration(audit, "netsuite-bundle");
+        assert_eq!(erp["requests"]["oauth"], 50, "{erp}");
+        assert_eq!(erp["total"], 50);
+        let replicas: Vec<&str> = audit["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(replicas, ["kb-a", "kb-b"]);
+        assert!(
+            audit["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["stale"] == false)
+        );
+    }
+    assert_eq!(mock.api_hits(), 50);
+
+    let cli = keybridge()
+        .args(["audit", "--format", "json", "--config"])
+        .arg(&config_a)
+        .env("KEYBRIDGE_DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    leak::process_output(&cli.stdout, &cli.stderr);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(
+        integration(&json(&cli.stdout), "netsuite-bundle")["total"],
+        50
+    );
+
+    // A replica that stops is shown as no longer flushing (three intervals, at least
+    // 30 s, later); until then it is still listed.
+    let (code, output) = b.stop();
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        !output.contains(&db.url),
+        "the database URL (a secret) is never logged"
+    );
+}
+
+/// What must be shown 5: an integration that still sent its key through replica B is
+/// not "ready to disable the key" on replica A, whose own traffic is all OAuth.
+#[tokio::test]
+async fn a_key_seen_by_one_replica_keeps_the_integration_from_ready_everywhere() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let db = TestDatabase::create().await;
+    // A rolling config change: B still runs the integration in canary at 0 % (every
+    // request with its key), A already in oauth. `ready_after` is short to drive time.
+    let short = |c: TestConfig| c.set("audit.ready_after", "3s");
+    let config_b = replica_config(&mock.base_url(), "kb-b", |c| {
+        short(c)
+            .set("integrations[0].mode", "canary")
+            .set("integrations[0].canary_percent", 0)
+    });
+    let config_a = replica_config(&mock.base_url(), "kb-a", short);
+    let b = spawn(replica_command(&config_b, &db)).await;
+    wait_ready(b.admin()).await;
+    let a = spawn(replica_command(&config_a, &db)).await; // records mode oauth last
+    wait_ready(a.admin()).await;
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let state = |audit: &serde_json::Value| {
+        integration(audit, "netsuite-bundle")["state_code"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        state(&audit_of(a.admin()).await),
+        "ready_to_disable",
+        "no key anywhere yet"
+    );
+
+    send_keyed(b.proxy(), 1).await; // through B: with the key
+    audit_of(b.admin()).await; // B flushes
+    let on_a = audit_of(a.admin()).await;
+    assert_eq!(state(&on_a), "on_oauth", "A sees B's key use: not ready");
+    assert_eq!(
+        integration(&on_a, "netsuite-bundle")["requests"]["api_key"],
+        1
+    );
+    assert_eq!(integration(&on_a, "netsuite-bundle")["sends_keys"], true);
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        state(&audit_of(a.admin()).await),
+        "ready_to_disable",
+        "quiet for ready_after again"
+    );
+}
