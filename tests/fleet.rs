@@ -207,3 +207,85 @@ async fn a_key_seen_by_one_replica_keeps_the_integration_from_ready_everywhere()
         "quiet for ready_after again"
     );
 }
+
+/// What must be shown 4: PostgreSQL stopped for 20 s under load. No request fails or
+/// waits on it, `/readyz` stays ready and says the audit is degraded, failed flushes
+/// are counted; when it is back, the audit holds every request sent.
+#[tokio::test]
+async fn postgres_stopped_under_load_loses_no_request_and_no_count() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let server = tokio::task::spawn_blocking(support::pg::PrivateServer::start)
+        .await
+        .unwrap();
+    let config = replica_config(&mock.base_url(), "kb-a", |c| c);
+    let mut command = keybridge();
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ERP_SYNC_SECRET", SECRET)
+        .env("KEYBRIDGE_DATABASE_URL", server.url("postgres"));
+    let replica = spawn(command).await;
+    wait_ready(replica.admin()).await;
+
+    let proxy = replica.proxy();
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u64, 0u64);
+        let until = tokio::time::Instant::now() + Duration::from_secs(28);
+        while tokio::time::Instant::now() < until {
+            let (status, _, _) = get(proxy, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+            if status == StatusCode::OK {
+                ok += 1
+            } else {
+                failed += 1
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await; // a few failed flushes
+    let (status, _, body) = get(replica.admin(), "/readyz", &[]).await;
+    assert_eq!(status, StatusCode::OK, "the audit is not the request path");
+    assert!(
+        String::from_utf8_lossy(&body).contains("degraded"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.start_again();
+        server
+    })
+    .await
+    .unwrap();
+    let (ok, failed) = load.await.unwrap();
+    assert_eq!(failed, 0, "no request failed while PostgreSQL was down");
+    assert!(ok > 500, "the load ran throughout ({ok} requests)");
+
+    let (_, _, metrics) = get(replica.admin(), "/metrics", &[]).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("keybridge_audit_failures_total{op=\"flush\"}") && !l.ends_with(" 0")
+        ),
+        "failed flushes are counted"
+    );
+    // Back: the next flush writes everything kept in memory.
+    let mut total = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (status, _, body) = get(replica.admin(), "/audit", &[]).await;
+        if status == StatusCode::OK {
+            total = integration(&json(&body), "netsuite-bundle")["total"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(total, ok, "every request sent is in the audit");
+    drop(server);
+}

@@ -79,3 +79,148 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+/// A PostgreSQL server of the test's own (initdb into a temp directory, a free port),
+/// for tests that stop and restart it. Runs as the `postgres` user when the test runs
+/// as root (initdb refuses root). Stopped and removed on drop.
+pub struct PrivateServer {
+    dir: std::path::PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+fn bin(tool: &str) -> String {
+    let versions = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            let mut v: Vec<_> = d.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    versions
+        .last()
+        .map(|v| v.join("bin").join(tool).display().to_string())
+        .unwrap_or_else(|| tool.to_owned())
+}
+
+impl PrivateServer {
+    pub fn start() -> PrivateServer {
+        use std::os::unix::fs::MetadataExt as _;
+        let as_postgres = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+        let dir = super::temp_path("pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        if as_postgres {
+            let chown = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.parent().unwrap())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = PrivateServer {
+            dir,
+            port,
+            as_postgres,
+        };
+        server.run(&[
+            &bin("initdb"),
+            "-D",
+            &server.data(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-N",
+        ]);
+        server.start_again();
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn run(&self, args: &[&str]) {
+        let mut command = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]);
+            c
+        } else {
+            std::process::Command::new(args[0])
+        };
+        let args = if self.as_postgres { args } else { &args[1..] };
+        let out = command.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// (Re)starts the server and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log").display().to_string();
+        self.run(&[
+            &bin("pg_ctl"),
+            "-D",
+            &self.data(),
+            "-o",
+            &options,
+            "-l",
+            &log,
+            "-w",
+            "start",
+        ]);
+    }
+
+    /// Stops the server at once (clients are disconnected).
+    pub fn stop(&self) {
+        self.run(&[
+            &bin("pg_ctl"),
+            "-D",
+            &self.data(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ]);
+    }
+
+    /// A database on this server.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(if self.as_postgres { "runuser" } else { "sh" })
+            .args(if self.as_postgres {
+                vec![
+                    "-u".to_owned(),
+                    "postgres".to_owned(),
+                    "--".to_owned(),
+                    bin("pg_ctl"),
+                ]
+            } else {
+                vec![
+                    "-c".to_owned(),
+                    format!("{} \"$@\"", bin("pg_ctl")),
+                    "pg_ctl".to_owned(),
+                ]
+            })
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
