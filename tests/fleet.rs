@@ -151,10 +151,18 @@ async fn two_replicas_share_one_exact_audit_and_migrate_it_once() {
     // 30 s, later); until then it is still listed.
     let (code, output) = b.stop();
     assert_eq!(code, Some(0), "{output}");
-    assert!(
-        !output.contains(&db.url),
-        "the database URL (a secret) is never logged"
-    );
+    let password = db.url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    assert!(password.starts_with("kb-db-password-"), "{}", db.url);
+    for out in [
+        output,
+        a.output(),
+        String::from_utf8_lossy(&cli.stderr).into_owned(),
+    ] {
+        assert!(
+            !out.contains(password),
+            "the database password is never logged"
+        );
+    }
 }
 
 /// What must be shown 5: an integration that still sent its key through replica B is
@@ -288,4 +296,31 @@ async fn postgres_stopped_under_load_loses_no_request_and_no_count() {
     }
     assert_eq!(total, ok, "every request sent is in the audit");
     drop(server);
+}
+
+/// A database migrated by a newer keybridge is refused with a clear message, not
+/// misread (a rollback after an upgrade).
+#[tokio::test]
+async fn a_schema_newer_than_this_binary_is_refused() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let db = TestDatabase::create().await;
+    db.connect()
+        .await
+        .batch_execute(
+            "CREATE TABLE keybridge_schema (version BIGINT NOT NULL);
+             INSERT INTO keybridge_schema VALUES (99);",
+        )
+        .await
+        .unwrap();
+    let config = replica_config(&mock.base_url(), "kb-a", |c| c);
+    let out = replica_command(&config, &db).output().unwrap();
+    leak::process_output(&out.stdout, &out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "has schema version 99, newer than this keybridge knows (1); upgrade keybridge"
+        ),
+        "{stderr}"
+    );
 }

@@ -43,6 +43,11 @@ impl TestDatabase {
             .unwrap();
         let base = admin_url();
         let server = base.rsplit_once('/').map_or(base.as_str(), |(s, _)| s);
+        // A password in the URL, as production has one (trust auth ignores it): the
+        // leak scan checks it never appears in a log or response.
+        let password = format!("kb-db-password-{:016x}", fastrand::u64(..));
+        super::leak::note_canary(&password);
+        let server = server.replacen("://postgres@", &format!("://postgres:{password}@"), 1);
         TestDatabase {
             url: format!("{server}/{name}"),
             name,
