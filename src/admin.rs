@@ -178,8 +178,24 @@ async fn readyz(core: &Core) -> Response<Full<Bytes>> {
     };
     json(
         status,
-        &json!({"status": word, "clients": clients, "audit": audit}),
+        &json!({"status": word, "clients": clients, "audit": audit, "shared_tokens": shared_tokens(core)}),
     )
+}
+
+/// The fleet's token cache: `null` without `fleet.redis_url`; Redis being away is
+/// reported, never "not ready" (each replica then mints its own tokens).
+fn shared_tokens(core: &Core) -> serde_json::Value {
+    match core.tokens().shared_health() {
+        None => serde_json::Value::Null,
+        Some((redis, h)) => json!({
+            "redis": redis,
+            "status": if h.available { "ok" } else if h.last_error.is_some() { "unavailable" } else { "not_used_yet" },
+            "last_error": h.last_error,
+            "tokens_read": h.reads,
+            "tokens_written": h.writes,
+            "local_fetches": h.local_fallbacks,
+        }),
+    }
 }
 
 async fn tokens(core: &Core) -> Response<Full<Bytes>> {
@@ -212,7 +228,10 @@ async fn tokens(core: &Core) -> Response<Full<Bytes>> {
             }),
         );
     }
-    json(StatusCode::OK, &json!({ "clients": clients }))
+    json(
+        StatusCode::OK,
+        &json!({ "clients": clients, "shared_tokens": shared_tokens(core) }),
+    )
 }
 
 /// Whether the request's `Host` (or HTTP/2 `:authority`), without its port, is one of

@@ -45,6 +45,12 @@ pub struct Metrics {
     token_fetches: Family<FetchLabels, Counter>,
     token_expiry: Family<ClientLabels, Gauge>,
     audit_failures: Family<OpLabels, Counter>,
+    token_shared: Family<SharedLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SharedLabels {
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,7 +129,14 @@ impl Metrics {
             "Audit store operations that failed (flush, read, sync_modes); the data stays in memory",
             audit_failures.clone(),
         );
+        let token_shared = Family::<SharedLabels, Counter>::default();
+        registry.register(
+            "keybridge_token_shared",
+            "Tokens through the fleet's Redis cache: read (another replica's), written (fetched here for all), local (Redis unavailable: fetched for this replica only)",
+            token_shared.clone(),
+        );
         Metrics {
+            token_shared,
             audit_failures,
             registry,
             requests,
@@ -177,6 +190,22 @@ impl Metrics {
                 })
                 .set(t);
         }
+    }
+
+    /// One token through the shared cache: `read`, `written` or `local`.
+    pub fn token_shared(&self, result: &'static str) {
+        self.token_shared
+            .get_or_create(&SharedLabels { result })
+            .inc();
+    }
+
+    /// The expiry of a token taken from the shared cache (no fetch of ours).
+    pub fn token_expiry(&self, client: &str, expires_unix: i64) {
+        self.token_expiry
+            .get_or_create(&ClientLabels {
+                client: client.to_owned(),
+            })
+            .set(expires_unix);
     }
 
     pub fn audit_failed(&self, op: &'static str) {

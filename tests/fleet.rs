@@ -324,3 +324,182 @@ async fn a_schema_newer_than_this_binary_is_refused() {
         "{stderr}"
     );
 }
+
+const CLIENTS: usize = 20;
+
+/// `clients` clients `c0`..`c19` on the mock, one integration each.
+fn many_clients(base_url: &str, replica: &str, redis: &str, prefix: &str, settle: &str) -> PathBuf {
+    replica_config(base_url, replica, |mut c| {
+        c = c
+            .set("fleet.redis_url", redis)
+            .set("fleet.redis_prefix", prefix)
+            .set("token.settle_delay", settle);
+        for i in 0..CLIENTS {
+            c = c.set(
+                &format!("clients.c{i}"),
+                serde_json::json!({"instance": "prod", "client_id": format!("client-{i}"),
+                    "client_secret": format!("secret-{i}-0123456789"), "scopes": ["core.invoice.read"]}),
+            );
+        }
+        c
+    })
+}
+
+fn many_clients_mock() -> keybridge::mock::MockCoupa {
+    let mut mock = mock();
+    for i in 0..CLIENTS {
+        mock = mock.client(
+            &format!("client-{i}"),
+            &format!("secret-{i}-0123456789"),
+            &["core.invoice.read"],
+        );
+    }
+    mock
+}
+
+async fn tokens_of(admin: std::net::SocketAddr) -> serde_json::Value {
+    let (status, _, body) = get(admin, "/tokens", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    json(&body)["shared_tokens"].clone()
+}
+
+/// What must be shown 2: two replicas started together on a cold cache with 20 clients
+/// (21 with the standard one) and Redis cause one token fetch per client in all; a third
+/// replica started later fetches none and is ready at once, its tokens already settled.
+#[tokio::test]
+async fn a_fleet_fetches_one_token_per_client_and_a_late_replica_none() {
+    let mock = many_clients_mock()
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let db = TestDatabase::create().await;
+    let prefix = support::redis_server::TestPrefix::new();
+    let redis = support::redis_server::MACHINE;
+    let config = |name: &str| many_clients(&mock.base_url(), name, redis, &prefix.0, "3s");
+    let (a, b) = (
+        replica_command(&config("kb-a"), &db),
+        replica_command(&config("kb-b"), &db),
+    );
+    let (a, b) = tokio::join!(spawn(a), spawn(b));
+    tokio::join!(wait_ready(a.admin()), wait_ready(b.admin()));
+    assert_eq!(
+        mock.token_requests(),
+        CLIENTS as u64 + 1,
+        "one fetch per client, fleet-wide"
+    );
+    let (sa, sb) = (tokens_of(a.admin()).await, tokens_of(b.admin()).await);
+    assert_eq!(sa["status"], "ok", "{sa}");
+    assert_eq!(
+        sa["tokens_written"].as_u64().unwrap() + sb["tokens_written"].as_u64().unwrap(),
+        CLIENTS as u64 + 1,
+        "{sa} {sb}"
+    );
+    // Redis holds sealed records only: never a bearer Coupa would accept.
+    let keys = prefix.keys();
+    assert!(
+        keys.iter().filter(|k| k.contains(":token:")).count() == CLIENTS + 1,
+        "{keys:?}"
+    );
+
+    let c = spawn(replica_command(&config("kb-c"), &db)).await;
+    let started = std::time::Instant::now();
+    wait_ready(c.admin()).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "ready without waiting out the 3 s settle delay ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(
+        mock.token_requests(),
+        CLIENTS as u64 + 1,
+        "the late replica fetched nothing"
+    );
+    let sc = tokens_of(c.admin()).await;
+    assert_eq!(sc["tokens_read"], CLIENTS as u64 + 1, "{sc}");
+    let (status, _, _) = get(c.proxy(), "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+    assert_eq!(status, StatusCode::OK, "the shared token works for Coupa");
+}
+
+/// What must be shown 3: Redis killed while both replicas serve and their tokens keep
+/// expiring: no request fails, tokens are minted locally meanwhile, and once Redis is
+/// back the replicas share again.
+#[tokio::test]
+async fn redis_killed_under_load_fails_no_request_and_sharing_resumes() {
+    // Tokens live 4 s, so each replica refreshes every ~2 s: mints happen all along.
+    let mock = mock()
+        .expires_in(Duration::from_secs(4))
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let db = TestDatabase::create().await;
+    let mut redis = tokio::task::spawn_blocking(support::redis_server::PrivateRedis::start)
+        .await
+        .unwrap();
+    let config = |name: &str| {
+        replica_config(&mock.base_url(), name, |c| {
+            c.set("fleet.redis_url", redis.url())
+        })
+    };
+    let (a, b) = (
+        replica_command(&config("kb-a"), &db),
+        replica_command(&config("kb-b"), &db),
+    );
+    let (a, b) = tokio::join!(spawn(a), spawn(b));
+    wait_ready(a.admin()).await;
+    wait_ready(b.admin()).await;
+
+    let (pa, pb) = (a.proxy(), b.proxy());
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u64, 0u64);
+        let until = tokio::time::Instant::now() + Duration::from_secs(16);
+        let mut i = 0u64;
+        while tokio::time::Instant::now() < until {
+            let proxy = if i.is_multiple_of(2) { pa } else { pb };
+            i += 1;
+            let (status, _, _) = get(proxy, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+            if status == StatusCode::OK {
+                ok += 1
+            } else {
+                failed += 1
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis = tokio::task::spawn_blocking(move || {
+        redis.kill();
+        redis
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (sa, sb) = (tokens_of(a.admin()).await, tokens_of(b.admin()).await);
+    assert_eq!(sa["status"], "unavailable", "{sa}");
+    assert!(
+        sa["local_fetches"].as_u64().unwrap() > 0 && sb["local_fetches"].as_u64().unwrap() > 0,
+        "both replicas minted locally: {sa} {sb}"
+    );
+    let (status, _, body) = get(a.admin(), "/readyz", &[]).await;
+    assert_eq!(status, StatusCode::OK, "Redis away is not 'not ready'");
+    assert!(String::from_utf8_lossy(&body).contains("unavailable"));
+
+    redis = tokio::task::spawn_blocking(move || {
+        redis.start_again();
+        redis
+    })
+    .await
+    .unwrap();
+    let read_before = sa["tokens_read"].as_u64().unwrap() + sb["tokens_read"].as_u64().unwrap();
+    let (ok, failed) = load.await.unwrap();
+    assert_eq!(failed, 0, "no request failed while Redis was away");
+    assert!(ok > 300, "the load ran throughout ({ok})");
+    let (sa, sb) = (tokens_of(a.admin()).await, tokens_of(b.admin()).await);
+    assert_eq!(sa["status"], "ok", "{sa}");
+    let read_after = sa["tokens_read"].as_u64().unwrap() + sb["tokens_read"].as_u64().unwrap();
+    assert!(
+        read_after > read_before,
+        "sharing resumed: one replica read the other's token ({read_before} → {read_after})"
+    );
+    drop(redis);
+}

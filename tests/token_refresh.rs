@@ -90,6 +90,7 @@ async fn the_cache_alone_collapses_concurrent_fetches() {
         http,
         config.token.clone(),
         std::sync::Arc::new(keybridge::metrics::Metrics::new()),
+        None,
     );
     let barrier = Arc::new(tokio::sync::Barrier::new(200));
     let tasks: Vec<_> = (0..200)

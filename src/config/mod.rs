@@ -25,8 +25,8 @@ pub use env::{Env, ProcessEnv};
 pub use error::{ConfigError, FieldError};
 pub use model::{Client, Config, Forwarding, Instance, Integration, Percent, Plan};
 pub use raw::{
-    AuditSettings, BearerRequests, ClientAuth, CutoverSettings, Mode, ServerSettings, TlsSettings,
-    TokenSettings, UnknownKeys, UpstreamSettings,
+    AuditSettings, BearerRequests, ClientAuth, CutoverSettings, FleetSettings, Mode,
+    ServerSettings, TlsSettings, TokenSettings, UnknownKeys, UpstreamSettings,
 };
 pub use secret::Secret;
 

@@ -13,8 +13,8 @@ use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
 
 use super::raw::{
-    AuditSettings, BearerRequests, ClientAuth, CutoverSettings, Mode, ServerSettings, TlsSettings,
-    TokenSettings, UnknownKeys, UpstreamSettings,
+    AuditSettings, BearerRequests, ClientAuth, CutoverSettings, FleetSettings, Mode,
+    ServerSettings, TlsSettings, TokenSettings, UnknownKeys, UpstreamSettings,
 };
 use super::secret::Secret;
 use crate::keys::Fingerprint;
@@ -48,6 +48,7 @@ pub struct Config {
     pub server: ServerSettings,
     /// This replica's name (`fleet.replica`, or the host name).
     pub replica: Arc<str>,
+    pub fleet: FleetSettings,
     /// Things that are allowed but probably unintended (logged at start-up).
     pub warnings: Vec<String>,
 }

@@ -72,12 +72,25 @@ pub(super) struct RawConfig {
 }
 
 /// Running several replicas.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSettings {
     /// This replica's name in the audit and on the dashboard (letters, digits, `.`, `_`,
     /// `-`; up to 63). Default: the host name (a container's is its id).
     pub replica: Option<String>,
+    /// Optional: `redis://[:password@]host:6379[/db]` (usually `${VAR}`; a secret):
+    /// replicas share each client's token (one fetch per client for the fleet, sealed
+    /// with a key derived from the client's secret). Without it, or while Redis does not
+    /// answer, each replica fetches its own.
+    pub redis_url: Option<Secret>,
+    /// `keybridge:`: prefix of keybridge's Redis keys (fleets sharing one Redis keep
+    /// apart).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+}
+
+fn default_redis_prefix() -> String {
+    "keybridge:".to_owned()
 }
 
 fn default_listen() -> SocketAddr {
@@ -468,6 +481,16 @@ impl Default for ServerSettings {
             max_in_flight: 4096,
             max_in_flight_per_ip: 1024,
             body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            replica: None,
+            redis_url: None,
+            redis_prefix: default_redis_prefix(),
         }
     }
 }

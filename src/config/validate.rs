@@ -117,7 +117,29 @@ pub(super) fn validate(
     let forwarding = forwarding(&raw.forwarding, &mut v);
     let replica = replica(raw.fleet.replica.as_deref(), &mut v);
     if let Some(url) = raw.audit.postgres_url.as_ref().filter(|_| secrets) {
-        postgres_url(url, &mut v);
+        url_shape(
+            "audit.postgres_url",
+            url,
+            &["postgres://", "postgresql://"],
+            "postgres://user:password@host:5432/dbname",
+            &mut v,
+        );
+    }
+    if let Some(url) = raw.fleet.redis_url.as_ref().filter(|_| secrets) {
+        url_shape(
+            "fleet.redis_url",
+            url,
+            &["redis://", "rediss://"],
+            "redis://:password@host:6379/0",
+            &mut v,
+        );
+    }
+    let prefix = &raw.fleet.redis_prefix;
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        v.error("fleet.redis_prefix", "1 to 64 characters without spaces");
     }
 
     if !v.errors.is_empty() {
@@ -149,6 +171,7 @@ pub(super) fn validate(
         upstream: raw.upstream,
         server: raw.server,
         replica,
+        fleet: raw.fleet,
         warnings: v.warnings,
     })
 }
@@ -738,18 +761,15 @@ fn replica(named: Option<&str>, v: &mut Findings) -> Arc<str> {
     }
 }
 
-/// The shape of `audit.postgres_url`; the message never quotes it (it holds a password).
-fn postgres_url(url: &Secret, v: &mut Findings) {
+/// The shape of a service URL; the message never quotes it (it may hold a password).
+fn url_shape(field: &str, url: &Secret, schemes: &[&str], example: &str, v: &mut Findings) {
     let text = url.expose();
     if text.is_empty() {
-        v.error("audit.postgres_url", "must not be empty");
+        v.error(field, "must not be empty");
     } else if unbraced_variable(text).is_some() {
-        v.error("audit.postgres_url", unbraced_hint(text));
-    } else if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
-        v.error(
-            "audit.postgres_url",
-            "must be a URL like postgres://user:password@host:5432/dbname",
-        );
+        v.error(field, unbraced_hint(text));
+    } else if !schemes.iter().any(|s| text.starts_with(s)) {
+        v.error(field, format!("must be a URL like {example}"));
     }
 }
 

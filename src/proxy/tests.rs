@@ -42,6 +42,7 @@ fn routes() -> Arc<ArcSwap<Routes>> {
         crate::upstream::build_client(&config.upstream).unwrap(),
         config.token.clone(),
         Arc::clone(&metrics),
+        None,
     );
     let recorder = Arc::new(Recorder::new(
         true,

@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::reload::Core;
 use crate::stack;
 use crate::token::TokenCache;
+use crate::token::shared::SharedTokens;
 use crate::upstream::{self, TlsSetupError};
 
 pub use crate::reload::ConfigSource;
@@ -54,6 +55,8 @@ pub enum StartError {
     Audit(#[from] StoreError),
     #[error("cannot start worker thread: {0}")]
     Worker(std::io::Error),
+    #[error("{0}")]
+    Fleet(String),
     #[error(transparent)]
     ListenerTls(#[from] crate::tls::TlsError),
 }
@@ -119,11 +122,18 @@ pub async fn start_with_file(
 ) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
+    let shared = match &config.fleet.redis_url {
+        Some(url) => Some(Arc::new(
+            SharedTokens::new(url, &config.fleet.redis_prefix).map_err(StartError::Fleet)?,
+        )),
+        None => None,
+    };
     let tokens = TokenCache::new(
         config.clients.values(),
         upstream::build_client(&config.upstream)?,
         config.token.clone(),
         Arc::clone(&metrics),
+        shared,
     );
     let audit = Arc::new(Audit::open(&config, Arc::clone(&metrics)).await?);
     let tls = crate::tls::acceptor(config.tls.as_ref())?;

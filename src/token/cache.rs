@@ -22,6 +22,7 @@ use moka::ops::compute::{CompResult, Op};
 use tokio::task::JoinHandle;
 
 use super::oauth::{self, TokenError};
+use super::shared::{Lease, SharedHealth, SharedToken, SharedTokens, now_ms};
 use crate::config::{Client, TokenSettings};
 use crate::metrics::Metrics;
 use crate::upstream::HttpClient;
@@ -42,6 +43,9 @@ pub struct Token {
     pub expires_at_wall: SystemTime,
     /// Distinguishes successive tokens of one client.
     pub serial: u64,
+    /// A digest of the header value: the same token has the same id on every replica
+    /// (a 401 names the refused token fleet-wide). Not reversible to the token.
+    pub id: u64,
 }
 
 impl Token {
@@ -118,6 +122,8 @@ struct Inner {
     settings: TokenSettings,
     serial: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The fleet's Redis cache (`fleet.redis_url`), if any.
+    shared: Option<Arc<SharedTokens>>,
 }
 
 /// The token cache. Cheap to clone.
@@ -143,6 +149,7 @@ impl TokenCache {
         http: HttpClient,
         settings: TokenSettings,
         metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedTokens>>,
     ) -> Self {
         let clients: HashMap<Arc<str>, Arc<Client>> = clients
             .into_iter()
@@ -164,6 +171,7 @@ impl TokenCache {
                 settings,
                 serial: AtomicU64::new(0),
                 metrics,
+                shared,
             }),
         }
     }
@@ -234,7 +242,7 @@ impl TokenCache {
                     // after a failure: share that result instead of asking again.
                     return Err(err);
                 }
-                let token = self.fetch(client).await?;
+                let token = self.obtain(client, None).await?;
                 let previous = old
                     .map(|s| s.current)
                     .filter(|t| Instant::now() < t.expires_at);
@@ -267,6 +275,7 @@ impl TokenCache {
             self.inner.http.clone(),
             settings,
             Arc::clone(&self.inner.metrics),
+            self.inner.shared.clone(),
         );
         // Serials keep counting, so an in-flight 401 for an old token can never match a
         // new one.
@@ -344,8 +353,35 @@ impl TokenCache {
                     }
                     status.last_forced = Some(now);
                 }
+                if let Some(shared) = &self.inner.shared {
+                    match shared.claim_forced(&config, settings.min_refetch_interval).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            // Another replica replaced it within the interval: use its
+                            // replacement if it is a different token, else keep this one.
+                            let theirs = shared.load(&config).await.ok().flatten();
+                            return Ok(match theirs {
+                                Some(t) if token_id(&t.authorization) != slot.current.id
+                                    && now_ms() < t.expires_at_ms =>
+                                {
+                                    shared.count(|h| &mut h.reads);
+                                    self.inner.metrics.token_shared("read");
+                                    Op::Put(Slot {
+                                        current: Arc::new(self.adopt(&config.name, t)),
+                                        previous: Some(slot.current),
+                                    })
+                                }
+                                _ => {
+                                    tracing::warn!(client, serial, "Coupa refused the token; another replica already replaced it within token.min_refetch_interval");
+                                    Op::Nop
+                                }
+                            });
+                        }
+                        Err(_) => {} // Redis away: the local rule above decided
+                    }
+                }
                 tracing::warn!(client, serial, "Coupa refused the token; fetching a replacement (the refused one serves until it has settled)");
-                let token = self.fetch(&config).await?;
+                let token = self.obtain(&config, Some(slot.current.id)).await?;
                 Ok(Op::Put(Slot {
                     current: Arc::new(token),
                     previous: Some(slot.current).filter(|t| Instant::now() < t.expires_at),
@@ -355,6 +391,132 @@ impl TokenCache {
         if let Err(e) = result {
             tracing::warn!(client, error = %e, "replacing a refused token failed; the background refresher retries");
         }
+    }
+
+    /// A new token for `client`. With the fleet's Redis cache: a fresh token another
+    /// replica stored, or the one a replica minting right now stores, else one fetched
+    /// here under the client's lease and stored for the others. Without it, or when
+    /// Redis does not answer: fetched here. `refused`: a token Coupa refused, never
+    /// taken back from Redis.
+    async fn obtain(&self, client: &Client, refused: Option<u64>) -> Result<Token, TokenError> {
+        let Some(shared) = self.inner.shared.as_ref() else {
+            return self.fetch(client).await;
+        };
+        let fresh = |t: &SharedToken| {
+            let now = now_ms();
+            now < t.refresh_at_ms
+                && now < t.expires_at_ms
+                && Some(token_id(&t.authorization)) != refused
+        };
+        let read = |t: SharedToken| {
+            shared.count(|h| &mut h.reads);
+            self.inner.metrics.token_shared("read");
+            Ok(self.adopt(&client.name, t))
+        };
+        let local = || {
+            shared.count(|h| &mut h.local_fallbacks);
+            self.inner.metrics.token_shared("local");
+            self.fetch(client)
+        };
+        match shared.load(client).await {
+            Ok(Some(t)) if fresh(&t) => return read(t),
+            Ok(_) => {}
+            Err(_) => return local().await,
+        }
+        let lease = self.inner.settings.request_timeout + Duration::from_secs(5);
+        match shared.lease(client, lease).await {
+            Ok(Lease::Held(owner)) => {
+                // A token may have landed between the read and the lease.
+                if let Ok(Some(t)) = shared.load(client).await
+                    && fresh(&t)
+                {
+                    shared.release(client, &owner).await;
+                    return read(t);
+                }
+                let result = self.fetch(client).await;
+                if let Ok(token) = &result {
+                    match shared.store(client, &self.shareable(token)).await {
+                        Ok(_) => {
+                            shared.count(|h| &mut h.writes);
+                            self.inner.metrics.token_shared("written");
+                        }
+                        Err(e) => {
+                            tracing::warn!(client = %client.name, error = %e, "could not share the new token")
+                        }
+                    }
+                }
+                shared.release(client, &owner).await;
+                result
+            }
+            Ok(Lease::Taken) => {
+                // Another replica is minting: wait for its token, at most one lease.
+                let deadline = Instant::now() + lease;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    match shared.load(client).await {
+                        Ok(Some(t)) if fresh(&t) => return read(t),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                local().await
+            }
+            Err(_) => local().await,
+        }
+    }
+
+    /// A token another replica stored, on this replica's clock.
+    fn adopt(&self, client: &str, t: SharedToken) -> Token {
+        let (now, now_wall) = (Instant::now(), now_ms());
+        let at = |ms: i64| {
+            if ms >= now_wall {
+                now + Duration::from_millis((ms - now_wall) as u64)
+            } else {
+                now.checked_sub(Duration::from_millis((now_wall - ms) as u64))
+                    .unwrap_or(now)
+            }
+        };
+        self.inner
+            .metrics
+            .token_expiry(client, t.expires_at_ms / 1000);
+        Token {
+            id: token_id(&t.authorization),
+            authorization: t.authorization,
+            requested_at: at(t.requested_at_ms),
+            usable_at: at(t.usable_at_ms),
+            refresh_at: at(t.refresh_at_ms),
+            expires_at: at(t.expires_at_ms),
+            expires_at_wall: std::time::UNIX_EPOCH
+                + Duration::from_millis(t.expires_at_ms.max(0) as u64),
+            serial: self.inner.serial.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// This replica's token in the fleet's terms (wall-clock milliseconds).
+    fn shareable(&self, token: &Token) -> SharedToken {
+        let (now, now_wall) = (Instant::now(), now_ms());
+        let ms = |i: Instant| {
+            if i >= now {
+                now_wall + i.duration_since(now).as_millis() as i64
+            } else {
+                now_wall - now.duration_since(i).as_millis() as i64
+            }
+        };
+        SharedToken {
+            authorization: token.authorization.clone(),
+            requested_at_ms: ms(token.requested_at),
+            usable_at_ms: ms(token.usable_at),
+            refresh_at_ms: ms(token.refresh_at),
+            expires_at_ms: ms(token.expires_at),
+        }
+    }
+
+    /// The fleet cache's target and state, when there is one.
+    pub fn shared_health(&self) -> Option<(String, SharedHealth)> {
+        self.inner
+            .shared
+            .as_ref()
+            .map(|s| (s.target().to_owned(), s.health()))
     }
 
     async fn fetch(&self, client: &Client) -> Result<Token, TokenError> {
@@ -405,6 +567,7 @@ impl TokenCache {
 
     fn stamp(&self, grant: oauth::Grant, requested_at: Instant, received_at: Instant) -> Token {
         let settings = &self.inner.settings;
+        let grant_authorization = grant.authorization.clone();
         let life = grant.expires_in;
         let margin = (life / 10).min(Duration::from_secs(30));
         let expires_at = requested_at + life - margin;
@@ -421,6 +584,7 @@ impl TokenCache {
             expires_at_wall: SystemTime::now()
                 + expires_at.saturating_duration_since(Instant::now()),
             serial: self.inner.serial.fetch_add(1, Ordering::Relaxed) + 1,
+            id: token_id(&grant_authorization),
         }
     }
 
@@ -554,6 +718,15 @@ pub struct ClientReport {
 
 fn token_lifetime(t: &Token) -> Duration {
     t.expires_at.saturating_duration_since(t.requested_at)
+}
+
+/// The fleet-wide id of a token: the first 8 bytes of the SHA-256 of its header value.
+fn token_id(authorization: &HeaderValue) -> u64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(authorization.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(id)
 }
 
 /// Waits until `token` may be used; `None` if it expires first.

@@ -2,10 +2,12 @@
 //!
 //! [`oauth`] speaks the client-credentials grant; [`cache`] keeps one token per client
 //! in moka, fetches it once for all concurrent callers, refreshes it in the background
-//! ahead of expiry and never hands out a token younger than Coupa's settle delay.
+//! ahead of expiry and never hands out a token younger than Coupa's settle delay;
+//! [`shared`] shares each client's token across a fleet through Redis.
 
 pub mod cache;
 pub mod oauth;
+pub mod shared;
 
 pub use cache::{ClientStatus, Token, TokenCache};
 pub use oauth::TokenError;

@@ -29,6 +29,7 @@ pub mod leak;
 pub mod pg;
 pub mod process;
 pub mod raw;
+pub mod redis_server;
 
 pub use config::TestConfig;
 
