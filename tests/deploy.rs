@@ -271,3 +271,48 @@ async fn keybridge_runs_as_the_compose_file_runs_it_and_turns_healthy() {
     );
     drop(mock);
 }
+
+/// The compose files' configs are valid as shipped, with the environment the compose
+/// files give them.
+#[test]
+fn the_shipped_compose_configs_pass_check() {
+    for (config, extra) in [
+        ("deploy/compose-config.yaml", vec![]),
+        (
+            "deploy/fleet-config.yaml",
+            vec![
+                (
+                    "KEYBRIDGE_DATABASE_URL",
+                    "postgres://keybridge:pw@postgres:5432/keybridge",
+                ),
+                ("KEYBRIDGE_REDIS_URL", "redis://:pw@redis:6379/0"),
+            ],
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+            .args(["check", "--config"])
+            .arg(repo(config))
+            .env("DEMO_CLIENT_SECRET", "demo-client-secret")
+            .env("KEYBRIDGE_ADMIN_TOKEN", "demo-admin-token-change-me")
+            .envs(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let fleet = yaml(&repo("docker-compose.fleet.yml"));
+    let services = fleet["services"].as_mapping().unwrap();
+    for name in [
+        "keybridge-1",
+        "keybridge-2",
+        "postgres",
+        "redis",
+        "haproxy",
+        "mock-coupa",
+    ] {
+        assert!(services.contains_key(name), "fleet compose has {name}");
+    }
+}
