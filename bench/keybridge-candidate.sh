@@ -2,7 +2,9 @@
 # Starts keybridge as a bench candidate: the harness's 1000 keys spread over 20 OAuth
 # clients, the bench upstream as both Coupa instance and token endpoint.
 # Env: KEYBRIDGE_BIN, PROXY_PORT, UPSTREAM_ADDR, KEYS_TSV (run.sh exports them),
-#      AUDIT=on|off (default on), WORKERS (default: one per CPU),
+#      AUDIT=on|off|fleet (default on: SQLite; fleet: the PostgreSQL audit at
+#      BENCH_PG_URL and the Redis token cache at BENCH_REDIS_URL, machine defaults),
+#      WORKERS (default: one per CPU),
 #      TOKEN_URL (default: the upstream's /oauth2/token).
 set -euo pipefail
 dir=$(mktemp -d)
@@ -29,7 +31,10 @@ PY
   echo "token: {settle_delay: 0s}"
   echo "server: {access_log: false, workers: ${WORKERS:-0}}"   # logging off, like nginx/haproxy here
   echo "upstream: {pool_max_idle_per_host: 64}"   # per worker: 2 × 64 = nginx's keepalive 128
-  if [ "$audit" = on ]; then
+  if [ "$audit" = fleet ]; then
+    echo "audit: {enabled: true, postgres_url: '${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/test}'}"
+    echo "fleet: {replica: bench, redis_url: '${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}', redis_prefix: 'keybridge-bench-$$:'}"
+  elif [ "$audit" = on ]; then
     echo "audit: {enabled: true, path: $dir/audit.db}"
   else
     echo "audit: {enabled: false}"

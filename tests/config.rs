@@ -217,6 +217,21 @@ fn each_mistake_is_named_with_exit_code_1() {
             v.replace("    client_id: erp-sync-client\n", ""),
             "clients.erp-sync.client_id: required, but missing",
         ),
+        (
+            "not a PostgreSQL URL",
+            format!("{v}audit:\n  postgres_url: mysql://u:hunter2-secret@h/db\n"),
+            "audit.postgres_url: must be a URL like postgres://user:password@host:5432/dbname",
+        ),
+        (
+            "TLS to Redis",
+            format!("{v}fleet:\n  redis_url: rediss://:pw@h:6379\n"),
+            "fleet.redis_url: TLS to Redis (rediss://) is not supported yet",
+        ),
+        (
+            "a bad replica name",
+            format!("{v}fleet:\n  replica: two words\n"),
+            "fleet.replica: 1 to 63 letters",
+        ),
         ("not YAML", "instances: [\n".to_owned(), "not valid YAML"),
         (
             "wrong type",
@@ -255,6 +270,10 @@ fn each_mistake_is_named_with_exit_code_1() {
             "{name}: expected `{want}` in:\n{stderr}"
         );
         assert!(!stderr.contains("s3cret-value"), "{name}: secret leaked");
+        assert!(
+            !stderr.contains("hunter2"),
+            "{name}: a URL's password leaked"
+        );
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
 }

@@ -125,7 +125,14 @@ pub(super) fn validate(
             &mut v,
         );
     }
-    if let Some(url) = raw.fleet.redis_url.as_ref().filter(|_| secrets) {
+    if let Some(url) = raw.fleet.redis_url.as_ref().filter(|_| secrets)
+        && url.expose().starts_with("rediss://")
+    {
+        v.error(
+            "fleet.redis_url",
+            "TLS to Redis (rediss://) is not supported yet: use redis:// on a private network",
+        );
+    } else if let Some(url) = raw.fleet.redis_url.as_ref().filter(|_| secrets) {
         url_shape(
             "fleet.redis_url",
             url,
