@@ -9,7 +9,8 @@
 #   PROXY_PORT=18090 PROXY_NAME=mine CANDIDATES="direct nginx-w1 mine" ./run.sh
 #
 # Env knobs: DURATION(10) WARMUP(2) CONNS(64) THREADS(2) REPEATS(3) PIN(shared|split)
-#   CASES("get post") CANDIDATES(default list below; PROXY_NAME is appended when PROXY_CMD is set)
+#   CASES("get post") CANDIDATES(default list below, plus keybridge-fleet: PostgreSQL audit and
+#   Redis tokens at BENCH_PG_URL / BENCH_REDIS_URL; PROXY_NAME is appended when PROXY_CMD is set)
 #   PROXY_CMD (run via bash -c; sees $PROXY_PORT $UPSTREAM_ADDR $KEYS_TSV $BENCH) PROXY_PORT(18090)
 #   PROXY_NAME(candidate) PROXY_MODE(key: client sends X-COUPA-API-KEY | bearer: client sends Authorization)
 set -euo pipefail
@@ -91,8 +92,9 @@ start_candidate() {
     envoy-c*) C_PORT=18084; local n=${c#envoy-c}
       render conf/envoy.yaml.tmpl "$RUNDIR/envoy.yaml" PORT=$C_PORT UPPORT=$UP_PORT GEN="$BENCH/gen"
       launch "$c" "$ENVOY_BIN" -c "$RUNDIR/envoy.yaml" --concurrency "$n" --disable-hot-restart -l error; C_PG=$LAST_PG ;;
-    keybridge|keybridge-noaudit|keybridge-w1) C_PORT=18090
+    keybridge|keybridge-noaudit|keybridge-w1|keybridge-fleet) C_PORT=18090
       local audit=on workers=0; [ "$c" = keybridge-noaudit ] && audit=off; [ "$c" = keybridge-w1 ] && workers=1
+      [ "$c" = keybridge-fleet ] && audit=fleet   # PostgreSQL audit + Redis tokens (BENCH_PG_URL, BENCH_REDIS_URL)
       launch "$c" env AUDIT=$audit WORKERS=$workers bash "$BENCH/keybridge-candidate.sh"; C_PG=$LAST_PG ;;
     "$PROXY_NAME") [ -n "${PROXY_CMD:-}" ] || { echo "PROXY_CMD not set" >&2; return 1; }
       C_PORT=$PROXY_PORT; C_MODE=$PROXY_MODE
