@@ -503,3 +503,96 @@ async fn redis_killed_under_load_fails_no_request_and_sharing_resumes() {
     );
     drop(redis);
 }
+
+/// The 401 rule of the hostile-input issue, fleet-wide: Coupa revokes the token both
+/// replicas hold; their refusals cause one replacement fetch for the fleet (not one per
+/// replica), and both replicas serve with it.
+#[tokio::test]
+async fn a_revoked_token_is_replaced_once_for_the_whole_fleet() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let db = TestDatabase::create().await;
+    let prefix = support::redis_server::TestPrefix::new();
+    let config = |name: &str| {
+        replica_config(&mock.base_url(), name, |c| {
+            c.set("fleet.redis_url", support::redis_server::MACHINE)
+                .set("fleet.redis_prefix", &prefix.0)
+        })
+    };
+    let (a, b) = tokio::join!(
+        spawn(replica_command(&config("kb-a"), &db)),
+        spawn(replica_command(&config("kb-b"), &db))
+    );
+    tokio::join!(wait_ready(a.admin()), wait_ready(b.admin()));
+    assert_eq!(
+        mock.token_requests(),
+        1,
+        "one client, one fetch for the fleet"
+    );
+
+    mock.revoke_all_tokens();
+    for proxy in [a.proxy(), b.proxy(), a.proxy(), b.proxy()] {
+        get(proxy, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+    }
+    // Both replicas now serve with the one replacement.
+    for proxy in [a.proxy(), b.proxy()] {
+        let mut served = false;
+        for _ in 0..50 {
+            let (status, _, _) = get(proxy, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+            if status == StatusCode::OK {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "{proxy} serves again with the replacement");
+    }
+    assert_eq!(
+        mock.token_requests(),
+        2,
+        "one replacement for both replicas"
+    );
+}
+
+/// A slow replica writing an older token never replaces a newer one in Redis.
+#[tokio::test]
+async fn an_older_token_never_overwrites_a_newer_one() {
+    use keybridge::token::shared::{SharedToken, SharedTokens};
+    let prefix = support::redis_server::TestPrefix::new();
+    let config = parse(&config_yaml("http://127.0.0.1:9", ""));
+    let client = &config.clients["erp-sync"];
+    let shared = SharedTokens::new(
+        &keybridge::config::Secret::new(support::redis_server::MACHINE),
+        &prefix.0,
+    )
+    .unwrap();
+    let token = |value: &'static str, requested_at_ms: i64| SharedToken {
+        authorization: http::HeaderValue::from_static(value),
+        requested_at_ms,
+        usable_at_ms: requested_at_ms,
+        refresh_at_ms: requested_at_ms + 60_000,
+        expires_at_ms: keybridge::token::shared::now_ms() + 60_000,
+    };
+    let now = keybridge::token::shared::now_ms();
+    assert!(
+        shared
+            .store(client, &token("Bearer newer", now))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !shared
+            .store(client, &token("Bearer older", now - 1000))
+            .await
+            .unwrap()
+    );
+    let stored = shared.load(client).await.unwrap().unwrap();
+    assert_eq!(stored.authorization.as_bytes(), b"Bearer newer");
+    assert!(
+        shared
+            .store(client, &token("Bearer newest", now + 1))
+            .await
+            .unwrap()
+    );
+    let stored = shared.load(client).await.unwrap().unwrap();
+    assert_eq!(stored.authorization.as_bytes(), b"Bearer newest");
+}
