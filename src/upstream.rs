@@ -26,8 +26,12 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    #[error("upstream.ca_file {path}: {message}")]
-    CaFile { path: PathBuf, message: String },
+    #[error("{setting} {path}: {message}")]
+    CaFile {
+        setting: &'static str,
+        path: PathBuf,
+        message: String,
+    },
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -43,23 +47,7 @@ impl Upstream for HttpClient {
 
 /// Builds the client. Fails only on a bad `ca_file`.
 pub fn build_client(settings: &UpstreamSettings) -> Result<HttpClient, TlsSetupError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = &settings.ca_file {
-        for cert in read_pem_certs(path)? {
-            roots.add(cert).map_err(|e| TlsSetupError::CaFile {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = tls_client_config("upstream.ca_file", settings.ca_file.as_deref())?;
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -81,8 +69,38 @@ pub fn build_client(settings: &UpstreamSettings) -> Result<HttpClient, TlsSetupE
         .build(connector))
 }
 
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+/// A rustls client config (ring, safe protocol versions) trusting the web PKI roots and
+/// the PEM certificates in `ca_file` (named by `setting` in errors).
+pub fn tls_client_config(
+    setting: &'static str,
+    ca_file: Option<&Path>,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        for cert in read_pem_certs(setting, path)? {
+            roots.add(cert).map_err(|e| TlsSetupError::CaFile {
+                setting,
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+fn read_pem_certs(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let err = |message: String| TlsSetupError::CaFile {
+        setting,
         path: path.to_owned(),
         message,
     };

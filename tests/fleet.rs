@@ -596,3 +596,72 @@ async fn an_older_token_never_overwrites_a_newer_one() {
     let stored = shared.load(client).await.unwrap().unwrap();
     assert_eq!(stored.authorization.as_bytes(), b"Bearer newest");
 }
+
+/// `sslmode=require`: the audit goes to PostgreSQL over TLS, the server's certificate
+/// verified against `audit.postgres_ca_file`; without that CA the certificate is
+/// refused (the audit degrades, requests are still served).
+#[tokio::test]
+async fn the_shared_audit_reaches_postgres_over_verified_tls() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let server = tokio::task::spawn_blocking(support::pg::PrivateServer::start_with_tls)
+        .await
+        .unwrap();
+    let url = format!("{}?sslmode=require", server.url("postgres"));
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ca.pem");
+    let run = |config: &PathBuf| {
+        let mut command = keybridge();
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .env("ERP_SYNC_SECRET", SECRET)
+            .env("KEYBRIDGE_DATABASE_URL", &url);
+        command
+    };
+    let trusted = replica_config(&mock.base_url(), "kb-tls", |c| {
+        c.set("audit.postgres_ca_file", ca)
+    });
+    let replica = spawn(run(&trusted)).await;
+    wait_ready(replica.admin()).await;
+    send_keyed(replica.proxy(), 3).await;
+    assert_eq!(
+        integration(&audit_of(replica.admin()).await, "netsuite-bundle")["total"],
+        3
+    );
+    let (client, conn) = tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let encrypted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE s.ssl AND a.application_name = 'keybridge'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "keybridge's connections are TLS");
+    drop(replica);
+
+    let untrusted = replica_config(&mock.base_url(), "kb-tls", |c| c);
+    let replica = spawn(run(&untrusted)).await;
+    wait_ready(replica.admin()).await;
+    let (status, _, _) = get(
+        replica.proxy(),
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "served while the audit cannot connect"
+    );
+    let (_, _, body) = get(replica.admin(), "/readyz", &[]).await;
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("degraded") && body.to_lowercase().contains("certificate"),
+        "{body}"
+    );
+    drop(server);
+}

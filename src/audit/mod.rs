@@ -34,7 +34,12 @@ pub async fn open_store(
     replica: &str,
 ) -> Result<Arc<dyn AuditStore>, StoreError> {
     if let Some(url) = &settings.postgres_url {
-        let store = postgres::PostgresStore::new(url, replica, settings.retention)?;
+        let store = postgres::PostgresStore::new(
+            url,
+            settings.postgres_ca_file.as_deref(),
+            replica,
+            settings.retention,
+        )?;
         match store.migrate().await {
             Ok(()) => {}
             Err(e @ StoreError::TooNew { .. }) => return Err(e),
@@ -92,6 +97,7 @@ impl Audit {
             settings.max_unknown_keys,
         ));
         let mut modes_unsynced = false;
+        let mut degraded = None;
         let store = if settings.enabled {
             let store = open_store(settings, &config.replica).await?;
             match store.sync_modes(modes(config), unix_now()).await {
@@ -100,6 +106,7 @@ impl Audit {
                 Err(e) if settings.postgres_url.is_some() => {
                     metrics.audit_failed("sync_modes");
                     tracing::warn!(error = %e, "audit: could not record the configured modes yet; will retry");
+                    degraded = Some(format!("sync_modes: {e}"));
                     modes_unsynced = true;
                 }
                 Err(e) => return Err(e),
@@ -113,7 +120,7 @@ impl Audit {
             store,
             max_unknown_keys: settings.max_unknown_keys,
             metrics,
-            degraded: std::sync::Mutex::new(None),
+            degraded: std::sync::Mutex::new(degraded),
             modes: tokio::sync::watch::Sender::new(modes(config)),
             flushing: tokio::sync::Mutex::new(()),
             modes_unsynced: std::sync::atomic::AtomicBool::new(modes_unsynced),

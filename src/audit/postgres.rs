@@ -95,7 +95,12 @@ fn pg(target: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
 
 impl PostgresStore {
     /// A store for `url` (not connected yet: [`PostgresStore::migrate`] connects).
-    pub fn new(url: &Secret, replica: &str, retention: Duration) -> Result<Self, StoreError> {
+    pub fn new(
+        url: &Secret,
+        ca_file: Option<&std::path::Path>,
+        replica: &str,
+        retention: Duration,
+    ) -> Result<Self, StoreError> {
         // The URL carries the password: no error from here may quote it.
         let config = tokio_postgres::Config::from_str(url.expose()).map_err(|_| {
             StoreError::Config(
@@ -107,13 +112,23 @@ impl PostgresStore {
         let mut config = config;
         config.connect_timeout(TIMEOUT);
         config.application_name("keybridge");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        // TLS when the URL asks for it (`sslmode=require`); rustls then verifies the
+        // certificate and host name. `prefer` (libpq's default) stays plaintext: a
+        // downgrade-prone middle ground is not offered.
+        let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let tls = crate::upstream::tls_client_config("audit.postgres_ca_file", ca_file)
+                .map_err(|e| StoreError::Config(e.to_string()))?;
+            Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                manager_config,
+            )
+        } else {
+            Manager::from_config(config, NoTls, manager_config)
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(TIMEOUT))
@@ -135,7 +150,8 @@ impl PostgresStore {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let client = self.pool.get().await.map_err(|e| StoreError::Postgres {
             target: self.target.clone(),
-            cause: e.to_string(),
+            // The pool's message alone ("error performing TLS handshake") hides why.
+            cause: crate::log::chain(&e),
         })?;
         self.migrated
             .get_or_try_init(|| migrate(&client, &self.target))

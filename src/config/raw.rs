@@ -306,6 +306,10 @@ pub struct AuditSettings {
     /// secret, never logged): the shared audit of a fleet, in tables prefixed
     /// `keybridge_`. Replicas add their counts, so totals are exact across replicas.
     pub postgres_url: Option<Secret>,
+    /// Optional: extra CA certificates (PEM, relative to the config file) for
+    /// PostgreSQL's TLS certificate (a cloud provider's CA bundle, say). TLS is used when the URL says `?sslmode=require`; the
+    /// server's certificate and name are then always verified.
+    pub postgres_ca_file: Option<PathBuf>,
     /// `10s` (100ms–1h): aggregates are written this often (a crash loses at most this
     /// much; shutdown flushes).
     #[serde(with = "humantime_serde")]
@@ -329,6 +333,7 @@ impl Default for AuditSettings {
             enabled: true,
             path: PathBuf::from("keybridge-audit.db"),
             postgres_url: None,
+            postgres_ca_file: None,
             flush_interval: Duration::from_secs(10),
             ready_after: Duration::from_secs(7 * 24 * 3600),
             max_unknown_keys: 1000,

@@ -14,8 +14,8 @@ use http::uri::Scheme;
 use super::error::FieldError;
 use super::model::{Client, Config, Forwarding, Instance, Integration, Percent, Plan};
 use super::raw::{
-    BearerRequests, Mode, RawClient, RawConfig, RawForwarding, RawInstance, RawIntegration,
-    TlsSettings, UnknownKeys,
+    AuditSettings, BearerRequests, Mode, RawClient, RawConfig, RawForwarding, RawInstance,
+    RawIntegration, TlsSettings, UnknownKeys,
 };
 use super::secret::Secret;
 use super::values::{is_loopback, list, parse_http_url};
@@ -163,7 +163,15 @@ pub(super) fn validate(
         default_instance,
         forwarding,
         cutover: raw.cutover,
-        audit: raw.audit,
+        audit: AuditSettings {
+            // Relative to the config file, as every other file it names.
+            postgres_ca_file: raw
+                .audit
+                .postgres_ca_file
+                .as_ref()
+                .map(|p| base_dir.join(p)),
+            ..raw.audit
+        },
         tls: raw.tls.map(|t| TlsSettings {
             cert: base_dir.join(t.cert),
             key: base_dir.join(t.key),

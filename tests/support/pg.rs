@@ -92,6 +92,8 @@ pub struct PrivateServer {
     dir: std::path::PathBuf,
     pub port: u16,
     as_postgres: bool,
+    /// `-c ssl=on …` when started with TLS.
+    tls_options: String,
 }
 
 fn bin(tool: &str) -> String {
@@ -110,6 +112,16 @@ fn bin(tool: &str) -> String {
 
 impl PrivateServer {
     pub fn start() -> PrivateServer {
+        Self::start_with(false)
+    }
+
+    /// With TLS on, serving tests/fixtures/server.pem (localhost, 127.0.0.1; signed by
+    /// tests/fixtures/ca.pem).
+    pub fn start_with_tls() -> PrivateServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PrivateServer {
         use std::os::unix::fs::MetadataExt as _;
         let as_postgres = std::fs::metadata("/proc/self").unwrap().uid() == 0;
         let dir = super::temp_path("pg");
@@ -127,10 +139,34 @@ impl PrivateServer {
             .local_addr()
             .unwrap()
             .port();
+        let mut tls_options = String::new();
+        if tls {
+            let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+            let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+            std::fs::copy(fixtures.join("server.pem"), &cert).unwrap();
+            std::fs::copy(fixtures.join("server.key"), &key).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if as_postgres {
+                let chown = std::process::Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&cert)
+                    .arg(&key)
+                    .status()
+                    .unwrap();
+                assert!(chown.success());
+            }
+            tls_options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         let server = PrivateServer {
             dir,
             port,
             as_postgres,
+            tls_options,
         };
         server.run(&[
             &bin("initdb"),
@@ -170,9 +206,10 @@ impl PrivateServer {
     /// (Re)starts the server and waits until it accepts connections.
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.tls_options
         );
         let log = self.dir.join("server.log").display().to_string();
         self.run(&[
