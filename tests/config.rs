@@ -495,3 +495,24 @@ fn a_port_in_use_is_reported_once_naming_the_setting() {
     assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
     drop(held);
 }
+
+#[test]
+fn a_remote_postgres_without_tls_is_warned_about_without_its_password() {
+    let yaml = format!(
+        "{}audit:\n  postgres_url: postgres://kb:hunter2-db@db.example.com:5432/kb\n",
+        valid()
+    );
+    let out = check(&yaml);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: audit.postgres_url: db.example.com is not on this host"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"));
+    let tls = format!(
+        "{}audit:\n  postgres_url: postgres://kb:pw@db.example.com/kb?sslmode=require\n",
+        valid()
+    );
+    assert!(!String::from_utf8_lossy(&check(&tls).stderr).contains("warning: audit.postgres_url"));
+}

@@ -117,6 +117,16 @@ pub(super) fn validate(
     let forwarding = forwarding(&raw.forwarding, &mut v);
     let replica = replica(raw.fleet.replica.as_deref(), &mut v);
     if let Some(url) = raw.audit.postgres_url.as_ref().filter(|_| secrets) {
+        let text = url.expose();
+        let authority = text.split_once("://").map_or("", |(_, rest)| rest);
+        let authority = authority.split(['/', '?']).next().unwrap_or_default();
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if !host.is_empty() && !is_loopback(host) && !text.contains("sslmode=require") {
+            v.warnings.push(format!(
+                "audit.postgres_url: {host} is not on this host and the URL does not say ?sslmode=require: the audit and the database password cross the network unencrypted"
+            ));
+        }
         url_shape(
             "audit.postgres_url",
             url,
