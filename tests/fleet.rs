@@ -66,6 +66,25 @@ fn integration<'a>(audit: &'a serde_json::Value, name: &str) -> &'a serde_json::
         .unwrap_or_else(|| panic!("no integration {name} in {audit}"))
 }
 
+/// Keyed GETs for `duration`, round robin over `proxies`, 5 ms apart: (ok, failed).
+async fn steady_load(proxies: Vec<std::net::SocketAddr>, duration: Duration) -> (u64, u64) {
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let until = tokio::time::Instant::now() + duration;
+    for proxy in proxies.iter().cycle() {
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        let (status, _, _) = get(*proxy, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
+        if status == StatusCode::OK {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (ok, failed)
+}
+
 async fn send_keyed(proxy: std::net::SocketAddr, n: usize) {
     for i in 0..n {
         let (status, _, _) = get(
@@ -236,20 +255,7 @@ async fn postgres_stopped_under_load_loses_no_request_and_no_count() {
     wait_ready(replica.admin()).await;
 
     let proxy = replica.proxy();
-    let load = tokio::spawn(async move {
-        let (mut ok, mut failed) = (0u64, 0u64);
-        let until = tokio::time::Instant::now() + Duration::from_secs(28);
-        while tokio::time::Instant::now() < until {
-            let (status, _, _) = get(proxy, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
-            if status == StatusCode::OK {
-                ok += 1
-            } else {
-                failed += 1
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (ok, failed)
-    });
+    let load = tokio::spawn(steady_load(vec![proxy], Duration::from_secs(28)));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let server = tokio::task::spawn_blocking(move || {
         server.stop();
@@ -449,23 +455,7 @@ async fn redis_killed_under_load_fails_no_request_and_sharing_resumes() {
     wait_ready(b.admin()).await;
 
     let (pa, pb) = (a.proxy(), b.proxy());
-    let load = tokio::spawn(async move {
-        let (mut ok, mut failed) = (0u64, 0u64);
-        let until = tokio::time::Instant::now() + Duration::from_secs(16);
-        let mut i = 0u64;
-        while tokio::time::Instant::now() < until {
-            let proxy = if i.is_multiple_of(2) { pa } else { pb };
-            i += 1;
-            let (status, _, _) = get(proxy, "/api/invoices/1", &[("x-coupa-api-key", KEY)]).await;
-            if status == StatusCode::OK {
-                ok += 1
-            } else {
-                failed += 1
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (ok, failed)
-    });
+    let load = tokio::spawn(steady_load(vec![pa, pb], Duration::from_secs(16)));
     tokio::time::sleep(Duration::from_secs(3)).await;
     redis = tokio::task::spawn_blocking(move || {
         redis.kill();

@@ -176,18 +176,8 @@ impl SharedTokens {
 
     async fn call<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, SharedError> {
         let mut conn = self.conn.clone();
-        let result = match tokio::time::timeout(CALL_TIMEOUT, cmd.query_async::<T>(&mut conn)).await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(SharedError(format!("redis {}: {e}", self.target))),
-            Err(_) => Err(SharedError(format!(
-                "redis {}: no answer within {} ms",
-                self.target,
-                CALL_TIMEOUT.as_millis()
-            ))),
-        };
-        self.note(&result);
-        result
+        self.bounded(async move { cmd.query_async::<T>(&mut conn).await })
+            .await
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -204,17 +194,24 @@ impl SharedTokens {
             invocation.arg(*a);
         }
         let mut conn = self.conn.clone();
-        let result =
-            match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async::<T>(&mut conn)).await
-            {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(SharedError(format!("redis {}: {e}", self.target))),
-                Err(_) => Err(SharedError(format!(
-                    "redis {}: no answer within {} ms",
-                    self.target,
-                    CALL_TIMEOUT.as_millis()
-                ))),
-            };
+        self.bounded(async move { invocation.invoke_async::<T>(&mut conn).await })
+            .await
+    }
+
+    /// One Redis exchange within [`CALL_TIMEOUT`], its outcome noted in the health.
+    async fn bounded<T>(
+        &self,
+        exchange: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SharedError> {
+        let result = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(SharedError(format!("redis {}: {e}", self.target))),
+            Err(_) => Err(SharedError(format!(
+                "redis {}: no answer within {} ms",
+                self.target,
+                CALL_TIMEOUT.as_millis()
+            ))),
+        };
         self.note(&result);
         result
     }
