@@ -375,8 +375,10 @@ async fn an_integration_quiet_on_oauth_long_enough_is_ready_to_disable_its_key()
         .unwrap();
     let audit = temp_path("audit.db");
     let yaml = TestConfig::from_yaml(&fleet_yaml(&mock.base_url(), &audit, ""))
-        .set("audit.ready_after", "1s")
+        .set("audit.ready_after", "5s")
         .yaml();
+    // Long enough that a loaded CI machine checks "on_oauth" well within it.
+    let started = std::time::Instant::now();
     let proxy = start_proxy(&yaml).await;
     wait_ready(proxy.admin_addr).await;
     assert_eq!(
@@ -385,11 +387,16 @@ async fn an_integration_quiet_on_oauth_long_enough_is_ready_to_disable_its_key()
             .0,
         StatusCode::OK
     );
-    assert_eq!(
-        integration(&audit_json(&proxy).await, "migrated")["state_code"],
-        "on_oauth"
+    let early = audit_json(&proxy).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "checked within ready_after"
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(integration(&early, "migrated")["state_code"], "on_oauth");
+    tokio::time::sleep(
+        Duration::from_secs(5).saturating_sub(started.elapsed()) + Duration::from_millis(300),
+    )
+    .await;
     let a = audit_json(&proxy).await;
     assert_eq!(
         integration(&a, "migrated")["state"],

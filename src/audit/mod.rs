@@ -40,7 +40,16 @@ pub async fn open_store(
             replica,
             settings.retention,
         )?;
-        match store.migrate().await {
+        // Bounded: a database that hangs (or a lock held elsewhere) never holds the start.
+        let migrated = tokio::time::timeout(std::time::Duration::from_secs(30), store.migrate())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Postgres {
+                    target: store.describe(),
+                    cause: "schema check did not finish within 30 s".to_owned(),
+                })
+            });
+        match migrated {
             Ok(()) => {}
             Err(e @ StoreError::TooNew { .. }) => return Err(e),
             Err(e) => tracing::warn!(

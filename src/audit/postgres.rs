@@ -112,8 +112,16 @@ impl PostgresStore {
         let mut config = config;
         config.connect_timeout(TIMEOUT);
         config.application_name("keybridge");
+        // Server-side bounds too: a replica cut off while holding the flush lock, or a
+        // statement stuck on a lock, must not stall the fleet's flushes for long.
+        config.options(
+            "-c statement_timeout=30000 -c lock_timeout=20000 -c idle_in_transaction_session_timeout=60000",
+        );
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
         let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            // Clean: a connection returned mid-way (a cancelled call) is reset before reuse.
+            recycling_method: RecyclingMethod::Clean,
         };
         // TLS when the URL asks for it (`sslmode=require`); rustls then verifies the
         // certificate and host name. `prefer` (libpq's default) stays plaintext: a
@@ -148,13 +156,13 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        let client = self.pool.get().await.map_err(|e| StoreError::Postgres {
+        let mut client = self.pool.get().await.map_err(|e| StoreError::Postgres {
             target: self.target.clone(),
             // The pool's message alone ("error performing TLS handshake") hides why.
             cause: crate::log::chain(&e),
         })?;
         self.migrated
-            .get_or_try_init(|| migrate(&client, &self.target))
+            .get_or_try_init(|| migrate(&mut client, &self.target))
             .await?;
         Ok(client)
     }
@@ -322,14 +330,7 @@ impl PostgresStore {
             );
             tx.execute(&traffic_upsert(), &params).await.map_err(&e)?;
         }
-        let sweep = {
-            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
-            let due = now - *swept >= 3600;
-            if due {
-                *swept = now;
-            }
-            due
-        };
+        let sweep = now - *self.swept.lock().unwrap_or_else(|p| p.into_inner()) >= 3600;
         if sweep {
             let cutoff = now.saturating_sub(self.retention);
             for sql in [
@@ -351,7 +352,12 @@ impl PostgresStore {
             .await
             .map_err(&e)?;
         }
-        tx.commit().await.map_err(&e)
+        tx.commit().await.map_err(&e)?;
+        if sweep {
+            // Only once the sweep is committed: a failed flush sweeps at the next one.
+            *self.swept.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        }
+        Ok(())
     }
 
     async fn read(&self) -> Result<Snapshot, StoreError> {
@@ -527,32 +533,23 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
-async fn migrate(client: &deadpool_postgres::Object, target: &str) -> Result<(), StoreError> {
+/// Brings the schema up to date in one transaction, under a transaction-level advisory
+/// lock: a second replica waits for it, then finds the schema current; a cancelled or
+/// failed attempt rolls back and releases the lock with its transaction (never a lock
+/// left on a pooled connection).
+async fn migrate(client: &mut deadpool_postgres::Object, target: &str) -> Result<(), StoreError> {
     let e = pg(target);
-    // One session-level lock for the whole check: a second replica waits here, then
-    // finds the schema current.
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+    let tx = client.transaction().await.map_err(&e)?;
+    tx.batch_execute("SET LOCAL lock_timeout = '20s'")
         .await
         .map_err(&e)?;
-    let result = migrate_locked(client, target).await;
-    let unlock = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(&e);
-    result.and(unlock.map(drop))
-}
-
-async fn migrate_locked(
-    client: &deadpool_postgres::Object,
-    target: &str,
-) -> Result<(), StoreError> {
-    let e = pg(target);
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS keybridge_schema (version BIGINT NOT NULL)")
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(&e)?;
-    let version: i64 = client
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS keybridge_schema (version BIGINT NOT NULL)")
+        .await
+        .map_err(&e)?;
+    let version: i64 = tx
         .query_opt("SELECT version FROM keybridge_schema", &[])
         .await
         .map_err(&e)?
@@ -565,21 +562,23 @@ async fn migrate_locked(
             known,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let v = (i + 1) as i64;
-        client.batch_execute("BEGIN").await.map_err(&e)?;
-        let step = async {
-            client.batch_execute(sql).await?;
-            client.execute("DELETE FROM keybridge_schema", &[]).await?;
-            client
-                .execute("INSERT INTO keybridge_schema (version) VALUES ($1)", &[&v])
-                .await?;
-            client.batch_execute("COMMIT").await
-        };
-        if let Err(err) = step.await {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e(err));
-        }
+    if version == known {
+        return tx.commit().await.map_err(&e);
+    }
+    for sql in MIGRATIONS.iter().skip(version as usize) {
+        tx.batch_execute(sql).await.map_err(&e)?;
+    }
+    tx.execute("DELETE FROM keybridge_schema", &[])
+        .await
+        .map_err(&e)?;
+    tx.execute(
+        "INSERT INTO keybridge_schema (version) VALUES ($1)",
+        &[&known],
+    )
+    .await
+    .map_err(&e)?;
+    tx.commit().await.map_err(&e)?;
+    for v in version + 1..=known {
         tracing::info!(store = %target, version = v, "audit store migrated");
     }
     Ok(())

@@ -311,6 +311,14 @@ impl TokenCache {
     /// one waits on the token endpoint or the settle delay). Concurrent refusals of one
     /// token cause one fetch. Returns once the replacement (if any) is in the cache.
     pub async fn refused(&self, client: &str, serial: u64) {
+        // In its own task: a caller that goes away must not cut a replacement (and its
+        // Redis lease) off half-way.
+        let cache = self.clone();
+        let client = client.to_owned();
+        let _ = tokio::spawn(async move { cache.replace_refused(&client, serial).await }).await;
+    }
+
+    async fn replace_refused(&self, client: &str, serial: u64) {
         let Some(name) = self
             .inner
             .clients
@@ -357,9 +365,23 @@ impl TokenCache {
                     match shared.claim_forced(&config, settings.min_refetch_interval).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            // Another replica replaced it within the interval: use its
-                            // replacement if it is a different token, else keep this one.
-                            let theirs = shared.load(&config).await.ok().flatten();
+                            // Another replica claimed the replacement within the interval:
+                            // wait (at most a token request) for its new token, else keep
+                            // this one.
+                            let deadline = Instant::now() + settings.request_timeout;
+                            let mut theirs = None;
+                            loop {
+                                if let Ok(Some(t)) = shared.load(&config).await
+                                    && token_id(&t.authorization) != slot.current.id
+                                {
+                                    theirs = Some(t);
+                                    break;
+                                }
+                                if Instant::now() >= deadline {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
                             return Ok(match theirs {
                                 Some(t) if token_id(&t.authorization) != slot.current.id
                                     && now_ms() < t.expires_at_ms =>
@@ -424,45 +446,65 @@ impl TokenCache {
             Err(_) => return local().await,
         }
         let lease = self.inner.settings.request_timeout + Duration::from_secs(5);
-        match shared.lease(client, lease).await {
-            Ok(Lease::Held(owner)) => {
-                // A token may have landed between the read and the lease.
-                if let Ok(Some(t)) = shared.load(client).await
-                    && fresh(&t)
-                {
+        // Two rounds: if the replica minting for us gives up (its fetch failed, or it
+        // died and its lease lapsed), take the lease ourselves rather than all waiting
+        // out the lease and then all fetching at once.
+        for _round in 0..2 {
+            match shared.lease(client, lease).await {
+                Ok(Lease::Held(owner)) => {
+                    // A token may have landed between the read and the lease.
+                    if let Ok(Some(t)) = shared.load(client).await
+                        && fresh(&t)
+                    {
+                        shared.release(client, &owner).await;
+                        return read(t);
+                    }
+                    let result = self.fetch(client).await;
+                    let result = match result {
+                        Ok(token) => match shared.store(client, &self.shareable(&token)).await {
+                            Ok(true) => {
+                                shared.count(|h| &mut h.writes);
+                                self.inner.metrics.token_shared("written");
+                                Ok(token)
+                            }
+                            // A record that looks newer is stored (another replica's
+                            // clock runs ahead): use that one, as the fleet does.
+                            Ok(false) => match shared.load(client).await {
+                                Ok(Some(t)) if fresh(&t) => read(t),
+                                _ => Ok(token),
+                            },
+                            Err(e) => {
+                                tracing::warn!(client = %client.name, error = %e, "could not share the new token");
+                                Ok(token)
+                            }
+                        },
+                        Err(e) => Err(e),
+                    };
                     shared.release(client, &owner).await;
-                    return read(t);
+                    return result;
                 }
-                let result = self.fetch(client).await;
-                if let Ok(token) = &result {
-                    match shared.store(client, &self.shareable(token)).await {
-                        Ok(_) => {
-                            shared.count(|h| &mut h.writes);
-                            self.inner.metrics.token_shared("written");
+                Ok(Lease::Taken) => {
+                    // Another replica is minting: wait for its token while it holds the
+                    // lease, at most one lease long.
+                    let deadline = Instant::now() + lease;
+                    while Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        match shared.load(client).await {
+                            Ok(Some(t)) if fresh(&t) => return read(t),
+                            Ok(_) => {}
+                            Err(_) => return local().await,
                         }
-                        Err(e) => {
-                            tracing::warn!(client = %client.name, error = %e, "could not share the new token")
+                        match shared.leased(client).await {
+                            Ok(true) => {}
+                            Ok(false) => break, // released or lapsed without a token
+                            Err(_) => return local().await,
                         }
                     }
                 }
-                shared.release(client, &owner).await;
-                result
+                Err(_) => return local().await,
             }
-            Ok(Lease::Taken) => {
-                // Another replica is minting: wait for its token, at most one lease.
-                let deadline = Instant::now() + lease;
-                while Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    match shared.load(client).await {
-                        Ok(Some(t)) if fresh(&t) => return read(t),
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-                local().await
-            }
-            Err(_) => local().await,
         }
+        local().await
     }
 
     /// A token another replica stored, on this replica's clock.

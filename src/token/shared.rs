@@ -6,8 +6,8 @@
 //!   others wait for the token it writes. The lease outlives a token request
 //!   (`token.request_timeout` + 5 s), so a crashed holder only delays the others once.
 //! - **Sealed.** The `Authorization` value is encrypted and authenticated
-//!   (ChaCha20-Poly1305) under a key derived (HKDF-SHA256) from the client's secret, id
-//!   and token URL; its timetable is bound to it as associated data. A replica with a
+//!   (ChaCha20-Poly1305) under a key derived (HKDF-SHA256) from the client's secret, id,
+//!   token URL, scopes and auth style; its timetable is bound to it as associated data. A replica with a
 //!   different secret cannot open it and mints its own.
 //! - **Newer wins.** A write replaces the stored token only if it was requested later
 //!   (a Lua compare-and-set), so a slow replica never puts back an older token.
@@ -270,6 +270,14 @@ impl SharedTokens {
         })
     }
 
+    /// Whether some replica holds `client`'s lease now.
+    pub async fn leased(&self, client: &Client) -> Result<bool, SharedError> {
+        let exists: i64 = self
+            .call(redis::cmd("EXISTS").arg(self.key("lease", client)).clone())
+            .await?;
+        Ok(exists == 1)
+    }
+
     /// Releases a lease this replica holds (never one another replica took since).
     pub async fn release(&self, client: &Client, owner: &str) {
         let released: Result<i64, _> = self
@@ -387,8 +395,8 @@ fn sealing_key(client: &Client) -> LessSafeKey {
     }
     let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"keybridge shared token v1");
     let prk = salt.extract(client.client_secret.expose().as_bytes());
-    let token_url = client.instance.token_url.to_string();
-    let info = [client.client_id.as_bytes(), b"\0", token_url.as_bytes()];
+    let identity = grant_identity(client);
+    let info = [identity.as_bytes()];
     let mut key = [0u8; 32];
     let filled = prk.expand(&info, Len).and_then(|okm| okm.fill(&mut key));
     #[expect(
@@ -407,11 +415,24 @@ fn sealing_key(client: &Client) -> LessSafeKey {
 /// (two configs may name different clients alike) and never anything secret.
 fn client_id(client: &Client) -> String {
     let digest = Sha256::new()
-        .chain_update(client.instance.token_url.to_string())
-        .chain_update(b"\0")
-        .chain_update(&client.client_id)
+        .chain_update(grant_identity(client))
         .finalize();
     hex::encode(&digest[..12])
+}
+
+/// What makes two configured clients get interchangeable tokens: the token URL, the
+/// client id, the requested scopes (sorted) and the authentication style. A reload that
+/// adds a scope therefore never picks up a token granted without it.
+fn grant_identity(client: &Client) -> String {
+    let mut scopes = client.scopes.clone();
+    scopes.sort_unstable();
+    format!(
+        "{}\0{}\0{}\0{:?}",
+        client.instance.token_url,
+        client.client_id,
+        scopes.join(" "),
+        client.auth
+    )
 }
 
 /// SET KEYS[1] = ARGV[1] with PX ARGV[3], unless the stored record was requested at or
