@@ -116,7 +116,10 @@ async fn two_replicas_share_one_exact_audit_and_migrate_it_once() {
 
     let migrations = a.output().matches("audit store migrated").count()
         + b.output().matches("audit store migrated").count();
-    assert_eq!(migrations, 1, "one migration (v1) between both replicas");
+    assert_eq!(
+        migrations, 2,
+        "each migration (v1, v2) once between both replicas"
+    );
     for out in [a.output(), b.output()] {
         assert!(!out.contains(r#""level":"ERROR""#), "{out}");
     }
@@ -325,7 +328,7 @@ async fn a_schema_newer_than_this_binary_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "has schema version 99, newer than this keybridge knows (1); upgrade keybridge"
+            "has schema version 99, newer than this keybridge knows (2); upgrade keybridge"
         ),
         "{stderr}"
     );
@@ -654,4 +657,56 @@ async fn the_shared_audit_reaches_postgres_over_verified_tls() {
         "{body}"
     );
     drop(server);
+}
+
+/// A flush retried after a timeout (written or not, nobody knew) under the same id is
+/// counted once.
+#[tokio::test]
+async fn a_flush_retried_under_its_id_is_counted_once() {
+    use keybridge::audit::{Event, Outcome, Recorder, Subject, open_store};
+    let db = TestDatabase::create().await;
+    let settings = keybridge::config::AuditSettings {
+        postgres_url: Some(keybridge::config::Secret::new(db.url.clone())),
+        ..keybridge::config::AuditSettings::default()
+    };
+    let store = open_store(&settings, "kb-a").await.unwrap();
+    let recorder = Recorder::new(true, std::iter::empty(), 10);
+    let event = Event {
+        outcome: Outcome::Rejected,
+        endpoint: "GET /api/invoices",
+        status: 401,
+        ip: "127.0.0.1".parse().unwrap(),
+        user_agent: None,
+        fallback_status: None,
+    };
+    for _ in 0..3 {
+        recorder.record_other(Subject::Anonymous, &event);
+    }
+    let batch = std::sync::Arc::new(recorder.take());
+    let now = keybridge::audit::unix_now();
+    store
+        .apply(7, std::sync::Arc::clone(&batch), now, 10)
+        .await
+        .unwrap();
+    store
+        .apply(7, std::sync::Arc::clone(&batch), now, 10)
+        .await
+        .unwrap();
+    let total = |snap: &keybridge::audit::Snapshot| {
+        snap.subjects
+            .values()
+            .map(|s| s.counts.iter().map(|(_, c)| *c).sum::<u64>())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        total(&store.snapshot().await.unwrap()),
+        3,
+        "the same flush id counts once"
+    );
+    store.apply(8, batch, now, 10).await.unwrap();
+    assert_eq!(
+        total(&store.snapshot().await.unwrap()),
+        6,
+        "another id counts again"
+    );
 }

@@ -94,6 +94,9 @@ pub struct Audit {
     /// The modes could not be recorded at start (a shared store away): the flusher
     /// records them once it can.
     modes_unsynced: std::sync::atomic::AtomicBool,
+    /// A flush that timed out, perhaps written: retried under its id before the next
+    /// (one at most; the recorder keeps aggregating meanwhile, under its caps).
+    in_doubt: std::sync::Mutex<Option<(i64, Arc<store::Batch>)>>,
 }
 
 impl Audit {
@@ -133,6 +136,7 @@ impl Audit {
             modes: tokio::sync::watch::Sender::new(modes(config)),
             flushing: tokio::sync::Mutex::new(()),
             modes_unsynced: std::sync::atomic::AtomicBool::new(modes_unsynced),
+            in_doubt: std::sync::Mutex::new(None),
         })
     }
 
@@ -179,21 +183,39 @@ impl Audit {
         }
     }
 
-    /// Writes what the recorder gathered since the last flush. On failure the data goes
-    /// back into the recorder, to be retried next time.
+    /// Writes what the recorder gathered since the last flush. On a failure the data goes
+    /// back into the recorder, to be retried next time; on a failure that may have been
+    /// written after all ([`StoreError::InDoubt`]) the batch is kept apart and retried
+    /// first, under its id, so the store counts it exactly once.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
         let _serial = self.flushing.lock().await;
+        let in_doubt = self
+            .in_doubt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((id, batch)) = in_doubt {
+            let result = store
+                .apply(id, Arc::clone(&batch), unix_now(), self.max_unknown_keys)
+                .await;
+            self.note("flush", &result);
+            if let Err(e) = result {
+                *self.in_doubt.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, batch));
+                return Err(e);
+            }
+        }
         // An empty batch still goes to the store: it records that this replica is alive
         // (`replicas` in the report).
         let batch = self.recorder.take();
         let subjects = batch.len();
         let started = std::time::Instant::now();
         let batch = Arc::new(batch);
+        let id = fastrand::i64(0..i64::MAX);
         let result = store
-            .apply(Arc::clone(&batch), unix_now(), self.max_unknown_keys)
+            .apply(id, Arc::clone(&batch), unix_now(), self.max_unknown_keys)
             .await;
         self.note("flush", &result);
         match result {
@@ -204,6 +226,10 @@ impl Audit {
                     "audit flushed"
                 );
                 Ok(())
+            }
+            Err(e @ StoreError::InDoubt { .. }) => {
+                *self.in_doubt.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, batch));
+                Err(e)
             }
             Err(e) => {
                 self.recorder

@@ -62,6 +62,11 @@ const MIGRATIONS: &[&str] = &[
         native BIGINT NOT NULL DEFAULT 0, rejected BIGINT NOT NULL DEFAULT 0);
      CREATE TABLE keybridge_replicas (
         name TEXT PRIMARY KEY, first_seen BIGINT NOT NULL, last_flush BIGINT NOT NULL);",
+    // v2: the flushes written, by replica and id, so a flush retried after a timeout
+    // (written or not, nobody knows) is never counted twice. Kept a day.
+    "CREATE TABLE keybridge_flushes (
+        replica TEXT NOT NULL, id BIGINT NOT NULL, at BIGINT NOT NULL,
+        PRIMARY KEY (replica, id));",
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for flushes.
@@ -175,6 +180,7 @@ impl PostgresStore {
 
     async fn apply_batch(
         &self,
+        id: i64,
         batch: &Batch,
         now: i64,
         max_unknown_keys: usize,
@@ -185,6 +191,19 @@ impl PostgresStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FLUSH_LOCK])
             .await
             .map_err(&e)?;
+        let fresh = tx
+            .execute(
+                "INSERT INTO keybridge_flushes (replica, id, at) VALUES ($1, $2, $3)
+                 ON CONFLICT (replica, id) DO NOTHING",
+                &[&self.replica, &id, &now],
+            )
+            .await
+            .map_err(&e)?;
+        if fresh == 0 {
+            // Written by an earlier attempt whose answer was lost: nothing to add.
+            tracing::info!(flush = id, "audit flush already written; not counted again");
+            return tx.commit().await.map_err(&e);
+        }
         tx.execute(
             "INSERT INTO keybridge_replicas (name, first_seen, last_flush) VALUES ($1, $2, $2)
              ON CONFLICT (name) DO UPDATE SET last_flush = GREATEST(keybridge_replicas.last_flush, excluded.last_flush)",
@@ -344,6 +363,12 @@ impl PostgresStore {
             ] {
                 tx.execute(sql, &[&cutoff]).await.map_err(&e)?;
             }
+            tx.execute(
+                "DELETE FROM keybridge_flushes WHERE at < $1",
+                &[&now.saturating_sub(24 * 3600)],
+            )
+            .await
+            .map_err(&e)?;
             tx.execute(
                 "DELETE FROM keybridge_outcomes o WHERE kind = 'unknown_key' AND NOT EXISTS
                    (SELECT 1 FROM keybridge_subjects s WHERE s.kind = o.kind AND s.name = o.name)",
@@ -643,11 +668,23 @@ impl AuditStore for PostgresStore {
         format!("PostgreSQL {}", self.target)
     }
 
-    fn apply(&self, batch: Arc<Batch>, now: i64, max_unknown_keys: usize) -> StoreFuture<'_, ()> {
+    fn apply(
+        &self,
+        id: i64,
+        batch: Arc<Batch>,
+        now: i64,
+        max_unknown_keys: usize,
+    ) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            tokio::time::timeout(TIMEOUT * 6, self.apply_batch(&batch, now, max_unknown_keys))
-                .await
-                .map_err(|_| self.timed_out())?
+            tokio::time::timeout(
+                TIMEOUT * 6,
+                self.apply_batch(id, &batch, now, max_unknown_keys),
+            )
+            .await
+            .map_err(|_| StoreError::InDoubt {
+                target: format!("PostgreSQL {}", self.target),
+                cause: format!("no answer within {}s", (TIMEOUT * 6).as_secs()),
+            })?
         })
     }
 

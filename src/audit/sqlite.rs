@@ -629,7 +629,15 @@ impl AuditStore for Arc<SqliteStore> {
         format!("SQLite {}", self.path.display())
     }
 
-    fn apply(&self, batch: Arc<Batch>, now: i64, max_unknown_keys: usize) -> StoreFuture<'_, ()> {
+    /// SQLite answers every write (no timeout), so it never has a flush in doubt: the id
+    /// is not needed.
+    fn apply(
+        &self,
+        _id: i64,
+        batch: Arc<Batch>,
+        now: i64,
+        max_unknown_keys: usize,
+    ) -> StoreFuture<'_, ()> {
         blocking(self, move |s| {
             s.apply_blocking(&batch, now, max_unknown_keys)
         })

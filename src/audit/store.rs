@@ -28,7 +28,17 @@ pub trait AuditStore: Send + Sync {
     fn describe(&self) -> String;
     /// Adds one flush's aggregates. Unknown keys beyond `max_unknown_keys` distinct
     /// fingerprints are counted under one overflow subject.
-    fn apply(&self, batch: Arc<Batch>, now: i64, max_unknown_keys: usize) -> StoreFuture<'_, ()>;
+    ///
+    /// `id` names the flush: a store that may fail without knowing whether the write
+    /// landed ([`StoreError::InDoubt`]) records it with the data and skips a flush it
+    /// already holds, so a retry under the same id is never counted twice.
+    fn apply(
+        &self,
+        id: i64,
+        batch: Arc<Batch>,
+        now: i64,
+        max_unknown_keys: usize,
+    ) -> StoreFuture<'_, ()>;
     /// Reads everything the report needs.
     fn snapshot(&self) -> StoreFuture<'_, Snapshot>;
     /// Records each integration's configured mode, restarting `mode_since` on change.
@@ -51,6 +61,12 @@ pub enum StoreError {
     Postgres { target: String, cause: String },
     #[error("{0}")]
     Config(String),
+    /// No answer in time: the flush may or may not have been written. The audit keeps
+    /// the batch apart and retries it under the same id.
+    #[error(
+        "audit store {target}: {cause}; the flush may have been written: it is retried under the same id, never counted twice"
+    )]
+    InDoubt { target: String, cause: String },
     /// The store could not be created or opened at start: says which setting to change.
     #[error("cannot open the audit store {path} (set by `audit.path`): {cause}{}", hint(.denied))]
     Open {
