@@ -234,5 +234,61 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.audit) != format!("{:?}", new.audit),
     );
     check("tls", format!("{:?}", old.tls) != format!("{:?}", new.tls));
+    // Secrets print redacted, so they are compared by value: a new database or Redis
+    // URL (or replica name) applies only after a restart, and must be said so.
+    check(
+        "audit.postgres_url",
+        old.audit.postgres_url != new.audit.postgres_url,
+    );
+    check(
+        "fleet.redis_url",
+        old.fleet.redis_url != new.fleet.redis_url,
+    );
+    check(
+        "fleet.redis_prefix",
+        old.fleet.redis_prefix != new.fleet.redis_prefix,
+    );
+    check("fleet.replica", old.replica != new.replica);
+    out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        let yaml =
+            format!("instances: {{prod: {{base_url: 'https://acme.coupahost.com'}}}}\n{extra}");
+        Config::from_yaml(&yaml, Path::new("."), &HashMap::new()).unwrap()
+    }
+
+    #[test]
+    fn a_changed_store_url_or_replica_is_reported_as_needing_a_restart() {
+        let base = config(
+            "audit: {postgres_url: 'postgres://a:one@h/db'}\nfleet: {replica: kb-1, redis_url: 'redis://:one@r:6379/0'}\n",
+        );
+        let same = config(
+            "audit: {postgres_url: 'postgres://a:one@h/db'}\nfleet: {replica: kb-1, redis_url: 'redis://:one@r:6379/0'}\n",
+        );
+        assert!(restart_needed(&base, &same).is_empty());
+        let moved = config(
+            "audit: {postgres_url: 'postgres://a:two@h/db'}\nfleet: {replica: kb-2, redis_url: 'redis://:two@r:6379/0'}\n",
+        );
+        let needed = restart_needed(&base, &moved);
+        for setting in ["audit.postgres_url", "fleet.redis_url", "fleet.replica"] {
+            assert!(
+                needed.iter().any(|s| s == setting),
+                "{setting} in {needed:?}"
+            );
+        }
+        assert!(
+            !needed
+                .iter()
+                .any(|s| s.contains("one") || s.contains("two")),
+            "no secret"
+        );
+    }
 }
