@@ -66,7 +66,8 @@ fn placeholder(attempt: usize) -> Value {
 pub(super) fn deserialize(tree: &mut Value, problems: &mut Problems) -> Option<RawConfig> {
     let mut placeholders: HashMap<Vec<Step>, usize> = HashMap::new();
     for _ in 0..MAX_ROUNDS {
-        let error = match serde_path_to_error::deserialize::<_, RawConfig>(tree.clone()) {
+        // From a borrow: no copy of the tree per round.
+        let error = match serde_path_to_error::deserialize::<_, RawConfig>(&*tree) {
             Ok(raw) => return Some(raw),
             Err(error) => error,
         };

@@ -46,15 +46,7 @@ impl Findings {
         name: &str,
         field: impl Into<String>,
     ) -> Option<Arc<Instance>> {
-        let found = instances.get(name).cloned();
-        if found.is_none() && !self.declared_instances.iter().any(|n| n == name) {
-            let defined = list(self.declared_instances.iter());
-            self.error(
-                field,
-                format!("instance `{name}` is not defined under `instances` (defined: {defined})"),
-            );
-        }
-        found
+        self.reference(instances, Section::Instances, name, field)
     }
 
     /// The client `name` referenced at `field`; an error there when none is declared.
@@ -64,16 +56,39 @@ impl Findings {
         name: &str,
         field: impl Into<String>,
     ) -> Option<Arc<Client>> {
-        let found = clients.get(name).cloned();
-        if found.is_none() && !self.declared_clients.iter().any(|n| n == name) {
-            let defined = list(self.declared_clients.iter());
+        self.reference(clients, Section::Clients, name, field)
+    }
+
+    /// `name` in `valid`; when absent, an error at `field` unless `section` declares it
+    /// (declared but invalid: its own error says what is wrong).
+    fn reference<T>(
+        &mut self,
+        valid: &BTreeMap<String, Arc<T>>,
+        section: Section,
+        name: &str,
+        field: impl Into<String>,
+    ) -> Option<Arc<T>> {
+        let found = valid.get(name).cloned();
+        let (declared, noun, key) = match section {
+            Section::Instances => (&self.declared_instances, "instance", "instances"),
+            Section::Clients => (&self.declared_clients, "client", "clients"),
+        };
+        if found.is_none() && !declared.iter().any(|n| n == name) {
+            let defined = list(declared.iter());
             self.error(
                 field,
-                format!("client `{name}` is not defined under `clients` (defined: {defined})"),
+                format!("{noun} `{name}` is not defined under `{key}` (defined: {defined})"),
             );
         }
         found
     }
+}
+
+/// A section of the file whose entries others refer to by name.
+#[derive(Clone, Copy)]
+enum Section {
+    Instances,
+    Clients,
 }
 
 /// Validates `raw`. Relative paths resolve against `base_dir`; with `secrets: false`
