@@ -22,7 +22,7 @@ use moka::ops::compute::{CompResult, Op};
 use tokio::task::JoinHandle;
 
 use super::oauth::{self, TokenError};
-use super::shared::{Lease, SharedHealth, SharedToken, SharedTokens, now_ms};
+use super::shared::{Lease, SharedHealth, SharedToken, SharedTokens, Tally, now_ms};
 use crate::config::{Client, TokenSettings};
 use crate::metrics::Metrics;
 use crate::upstream::HttpClient;
@@ -386,8 +386,7 @@ impl TokenCache {
                                 Some(t) if token_id(&t.authorization) != slot.current.id
                                     && now_ms() < t.expires_at_ms =>
                                 {
-                                    shared.count(|h| &mut h.reads);
-                                    self.inner.metrics.token_shared("read");
+                                    shared.tally(Tally::Read, &self.inner.metrics);
                                     Op::Put(Slot {
                                         current: Arc::new(self.adopt(&config.name, t)),
                                         previous: Some(slot.current),
@@ -431,13 +430,11 @@ impl TokenCache {
                 && Some(token_id(&t.authorization)) != refused
         };
         let read = |t: SharedToken| {
-            shared.count(|h| &mut h.reads);
-            self.inner.metrics.token_shared("read");
+            shared.tally(Tally::Read, &self.inner.metrics);
             Ok(self.adopt(&client.name, t))
         };
         let local = || {
-            shared.count(|h| &mut h.local_fallbacks);
-            self.inner.metrics.token_shared("local");
+            shared.tally(Tally::Local, &self.inner.metrics);
             self.fetch(client)
         };
         match shared.load(client).await {
@@ -463,8 +460,7 @@ impl TokenCache {
                     let result = match result {
                         Ok(token) => match shared.store(client, &self.shareable(&token)).await {
                             Ok(true) => {
-                                shared.count(|h| &mut h.writes);
-                                self.inner.metrics.token_shared("written");
+                                shared.tally(Tally::Written, &self.inner.metrics);
                                 Ok(token)
                             }
                             // A record that looks newer is stored (another replica's

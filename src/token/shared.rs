@@ -77,6 +77,15 @@ pub struct SharedTokens {
     health: Mutex<SharedHealth>,
 }
 
+/// What happened to one token: read from another replica, written for the fleet, or
+/// fetched for this replica only because Redis did not answer.
+#[derive(Debug, Clone, Copy)]
+pub enum Tally {
+    Read,
+    Written,
+    Local,
+}
+
 /// What a lease attempt found.
 pub enum Lease {
     /// This replica holds it (the owner value releases it).
@@ -169,9 +178,16 @@ impl SharedTokens {
         }
     }
 
-    pub fn count(&self, what: fn(&mut SharedHealth) -> &mut u64) {
+    /// Counts one token through the shared cache, in the health report and the metric.
+    pub fn tally(&self, tally: Tally, metrics: &crate::metrics::Metrics) {
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        *what(&mut h) += 1;
+        let (counter, label) = match tally {
+            Tally::Read => (&mut h.reads, "read"),
+            Tally::Written => (&mut h.writes, "written"),
+            Tally::Local => (&mut h.local_fallbacks, "local"),
+        };
+        *counter += 1;
+        metrics.token_shared(label);
     }
 
     async fn call<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, SharedError> {
