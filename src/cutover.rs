@@ -104,6 +104,7 @@ mod tests {
             scheme: http::uri::Scheme::HTTPS,
             authority: http::uri::Authority::from_static("acme.coupahost.com"),
             token_url: http::Uri::from_static("https://acme.coupahost.com/oauth2/token"),
+            rate_limit: None,
         })
     }
 

@@ -77,8 +77,22 @@ pub enum ProxyError {
     UpstreamBadFraming { instance: Arc<str> },
     #[error("Coupa instance `{instance}` did not respond within {after:?}")]
     UpstreamTimeout { instance: Arc<str>, after: Duration },
+    #[error("no turn at Coupa instance `{instance}` within rate_limit.max_wait")]
+    Throttled {
+        instance: Arc<str>,
+        retry_after: Duration,
+    },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::shaping::Throttled> for ProxyError {
+    fn from(t: crate::shaping::Throttled) -> Self {
+        ProxyError::Throttled {
+            instance: t.instance,
+            retry_after: t.retry_after,
+        }
+    }
 }
 
 impl ProxyError {
@@ -107,7 +121,9 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::UpgradeRefused
             | ProxyError::UnsafePath
-            | ProxyError::PathNotForwarded => Fault::Caller,
+            | ProxyError::PathNotForwarded
+            // The callers of an instance together sent more than its budget.
+            | ProxyError::Throttled { .. } => Fault::Caller,
             ProxyError::Token { .. } => Fault::TokenEndpoint,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamBadFraming { .. }
@@ -131,6 +147,7 @@ impl ProxyError {
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Token { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamBadFraming { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -218,6 +235,16 @@ impl ProxyError {
                     after.as_secs_f64()
                 ),
             ),
+            ProxyError::Throttled {
+                instance,
+                retry_after,
+            } => (
+                "rate_limited",
+                format!(
+                    "Coupa instance `{instance}` is at its request rate limit, which all integrations share; retry after {}s",
+                    retry_after.as_secs()
+                ),
+            ),
             ProxyError::Internal(_) => (
                 "internal_error",
                 "keybridge failed to handle the request; see its logs".into(),
@@ -228,8 +255,19 @@ impl ProxyError {
     /// The JSON error response for this failure.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let (code, message) = self.code_and_message();
-        json_error(self.status(), code, &message)
+        let mut response = json_error(self.status(), code, &message);
+        if let ProxyError::Throttled { retry_after, .. } = self {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, retry_after_value(*retry_after));
+        }
+        response
     }
+}
+
+/// `Retry-After` in whole seconds (at least 1).
+pub fn retry_after_value(d: Duration) -> HeaderValue {
+    HeaderValue::from(d.as_secs().max(1))
 }
 
 /// A short, secret-free label for a token failure, safe for callers to see.

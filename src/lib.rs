@@ -39,6 +39,7 @@ mod reload;
 mod routes;
 mod scopes;
 pub mod server;
+pub mod shaping;
 mod stack;
 mod tls;
 pub mod token;

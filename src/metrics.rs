@@ -37,8 +37,102 @@ struct ClientLabels {
     client: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    instance: Arc<str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShareLabels {
+    instance: Arc<str>,
+    integration: Arc<str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitedLabels {
+    instance: Arc<str>,
+    result: &'static str,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The shaping families (per instance, and per integration where it says so).
+#[derive(Clone)]
+struct ShapingFamilies {
+    rate: Family<InstanceLabels, FloatGauge>,
+    queue: Family<InstanceLabels, Gauge>,
+    shared: Family<InstanceLabels, Gauge>,
+    wait: Family<InstanceLabels, Histogram, fn() -> Histogram>,
+    throttled: Family<ShareLabels, Counter>,
+    coupa_limited: Family<LimitedLabels, Counter>,
+    share: Family<ShareLabels, FloatGauge>,
+}
+
+fn wait_histogram() -> Histogram {
+    Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+}
+
+/// One instance's shaping metrics, kept by its shaper.
+#[derive(Clone)]
+pub struct ShapingMetrics {
+    instance: Arc<str>,
+    families: ShapingFamilies,
+    wait: Histogram,
+    absorbed: Counter,
+    passed_back: Counter,
+}
+
+impl ShapingMetrics {
+    /// A request waited `d` in the queue for its turn.
+    pub fn waited(&self, d: Duration) {
+        self.wait.observe(d.as_secs_f64());
+    }
+
+    /// keybridge answered a request of `flow` with 429 (no turn within its deadline).
+    pub fn throttled(&self, flow: &Arc<str>) {
+        self.families
+            .throttled
+            .get_or_create(&ShareLabels {
+                instance: Arc::clone(&self.instance),
+                integration: Arc::clone(flow),
+            })
+            .inc();
+    }
+
+    /// A 429/503 from Coupa: retried (`absorbed`) or given to the caller.
+    pub fn coupa_limited(&self, absorbed: bool) {
+        if absorbed {
+            self.absorbed.inc();
+        } else {
+            self.passed_back.inc();
+        }
+    }
+
+    /// 429/503s from Coupa so far: (absorbed, passed back).
+    pub fn coupa_limited_counts(&self) -> (u64, u64) {
+        (self.absorbed.get(), self.passed_back.get())
+    }
+
+    /// The gauges, set at scrape time.
+    pub fn set_state(&self, rate: f64, queued: usize, shared: bool) {
+        let labels = InstanceLabels {
+            instance: Arc::clone(&self.instance),
+        };
+        self.families.rate.get_or_create(&labels).set(rate);
+        self.families
+            .queue
+            .get_or_create(&labels)
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        self.families
+            .shared
+            .get_or_create(&labels)
+            .set(i64::from(shared));
+    }
+}
+
 /// All of keybridge's metrics.
 pub struct Metrics {
+    shaping: ShapingFamilies,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_duration: Histogram,
@@ -135,7 +229,52 @@ impl Metrics {
             "Tokens through the fleet's Redis cache: read (another replica's), written (fetched here for all), local (Redis unavailable: fetched for this replica only)",
             token_shared.clone(),
         );
+        let shaping = ShapingFamilies {
+            rate: Family::default(),
+            queue: Family::default(),
+            shared: Family::default(),
+            wait: Family::new_with_constructor(wait_histogram),
+            throttled: Family::default(),
+            coupa_limited: Family::default(),
+            share: Family::default(),
+        };
+        registry.register(
+            "keybridge_shaping_rate",
+            "Requests per second this replica lets go to the instance now (lower after a 429 from Coupa, recovering)",
+            shaping.rate.clone(),
+        );
+        registry.register(
+            "keybridge_shaping_queue_depth",
+            "Requests waiting for their turn at the instance",
+            shaping.queue.clone(),
+        );
+        registry.register(
+            "keybridge_shaping_shared",
+            "1 while the instance's budget is shared by the fleet through Redis, 0 while this replica keeps to its own share",
+            shaping.shared.clone(),
+        );
+        registry.register(
+            "keybridge_shaping_wait_seconds",
+            "Time requests that queued waited for their turn",
+            shaping.wait.clone(),
+        );
+        registry.register(
+            "keybridge_shaping_throttled",
+            "Requests keybridge answered with 429 because their turn would come after rate_limit.max_wait",
+            shaping.throttled.clone(),
+        );
+        registry.register(
+            "keybridge_coupa_rate_limited",
+            "429 and 503 answers from Coupa: absorbed (retried after a backoff) or passed_back to the caller",
+            shaping.coupa_limited.clone(),
+        );
+        registry.register(
+            "keybridge_shaping_share",
+            "The integration's share of its instance's budget when every integration queues",
+            shaping.share.clone(),
+        );
         Metrics {
+            shaping,
             token_shared,
             audit_failures,
             registry,
@@ -206,6 +345,40 @@ impl Metrics {
                 client: client.to_owned(),
             })
             .set(expires_unix);
+    }
+
+    /// The shaping metrics of `instance`.
+    pub fn shaping(&self, instance: &Arc<str>) -> ShapingMetrics {
+        let f = &self.shaping;
+        let labels = InstanceLabels {
+            instance: Arc::clone(instance),
+        };
+        let limited = |result| {
+            f.coupa_limited
+                .get_or_create(&LimitedLabels {
+                    instance: Arc::clone(instance),
+                    result,
+                })
+                .clone()
+        };
+        ShapingMetrics {
+            instance: Arc::clone(instance),
+            families: f.clone(),
+            wait: f.wait.get_or_create(&labels).clone(),
+            absorbed: limited("absorbed"),
+            passed_back: limited("passed_back"),
+        }
+    }
+
+    /// `integration`'s share of `instance`'s budget.
+    pub fn shaping_share(&self, instance: &Arc<str>, integration: &Arc<str>, share: f64) {
+        self.shaping
+            .share
+            .get_or_create(&ShareLabels {
+                instance: Arc::clone(instance),
+                integration: Arc::clone(integration),
+            })
+            .set(share);
     }
 
     pub fn audit_failed(&self, op: &'static str) {

@@ -50,6 +50,7 @@ pub struct MockCoupa {
     token_delay: Duration,
     token_length: usize,
     refused_paths: Vec<String>,
+    rate_limit: Option<(f64, u32)>,
 }
 
 impl Default for MockCoupa {
@@ -62,6 +63,7 @@ impl Default for MockCoupa {
             token_delay: Duration::ZERO,
             token_length: 48,
             refused_paths: Vec::new(),
+            rate_limit: None,
         }
     }
 }
@@ -118,6 +120,13 @@ impl MockCoupa {
         self
     }
 
+    /// Enforces Coupa's rate limit on `/api/*`: `per_second` with `burst` at once (GCRA);
+    /// a request over it is answered 429 with no `Retry-After`, as Coupa does.
+    pub fn rate_limit(mut self, per_second: f64, burst: u32) -> Self {
+        self.rate_limit = Some((per_second, burst.max(1)));
+        self
+    }
+
     /// Starts serving on `addr` (port 0 picks a free port).
     pub async fn start(self, addr: SocketAddr) -> std::io::Result<MockHandle> {
         let listener = TcpListener::bind(addr).await?;
@@ -129,6 +138,10 @@ impl MockCoupa {
             token_requests: AtomicU64::new(0),
             token_grants: AtomicU64::new(0),
             requests: Mutex::default(),
+            limiter: Mutex::new(None),
+            forced_429: AtomicU64::new(0),
+            forced_retry_after: Mutex::new(None),
+            epoch: Instant::now(),
         });
         let (shutdown, mut rx) = watch::channel(false);
         let svc_state = Arc::clone(&state);
@@ -189,6 +202,8 @@ pub struct RecordedRequest {
     pub auth: MockAuth,
     /// Trailers that came after the body, if any.
     pub trailers: Option<HeaderMap>,
+    /// When the request head arrived.
+    pub received: Instant,
 }
 
 /// How a recorded request authenticated.
@@ -243,6 +258,21 @@ impl MockHandle {
         *lock(&self.state.token_failure) = failure;
     }
 
+    /// Answers the next `n` `/api/*` requests 429 (with `retry_after`, if given, as the
+    /// header), whatever the rate.
+    pub fn answer_429(&self, n: u64, retry_after: Option<&str>) {
+        *lock(&self.state.forced_retry_after) = retry_after.map(str::to_owned);
+        self.state.forced_429.store(n, Ordering::SeqCst);
+    }
+
+    /// `/api/*` requests answered 429 so far.
+    pub fn rate_limited(&self) -> usize {
+        lock(&self.state.requests)
+            .iter()
+            .filter(|r| r.status == 429)
+            .count()
+    }
+
     /// Invalidates every issued token (as revoking a client in Coupa would).
     pub fn revoke_all_tokens(&self) {
         lock(&self.state.tokens).clear();
@@ -271,6 +301,11 @@ struct State {
     token_requests: AtomicU64,
     token_grants: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// GCRA: the theoretical arrival time of the next request, µs since `epoch`.
+    limiter: Mutex<Option<f64>>,
+    forced_429: AtomicU64,
+    forced_retry_after: Mutex<Option<String>>,
+    epoch: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -418,7 +453,32 @@ impl State {
         )
     }
 
+    /// Whether a request arriving now is over the rate limit (or forced to be), and the
+    /// `Retry-After` to send with the 429.
+    fn over_limit(&self) -> Option<Option<String>> {
+        let forced = self
+            .forced_429
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if forced {
+            return Some(lock(&self.forced_retry_after).clone());
+        }
+        let (rate, burst) = self.config.rate_limit?;
+        let now = self.epoch.elapsed().as_secs_f64() * 1e6;
+        let interval = 1e6 / rate;
+        let tolerance = f64::from(burst - 1) * interval;
+        let mut tat = lock(&self.limiter);
+        let t = tat.unwrap_or(now).max(now);
+        if t - now > tolerance {
+            return Some(None);
+        }
+        *tat = Some(t + interval);
+        None
+    }
+
     async fn api(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let received = Instant::now();
+        let over = self.over_limit();
         let (parts, body) = req.into_parts();
         // Like Coupa, act only on complete requests: a body cut short (caller stalled,
         // proxy gave up) is neither recorded nor processed.
@@ -444,6 +504,11 @@ impl State {
             self.authenticate(&parts.method, &parts.uri, &parts.headers)
         };
         let (status, response_body, content_type) = match &auth {
+            _ if over.is_some() => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Bytes::from_static(b"{\"errors\":{\"rate\":[\"Rate limit exceeded\"]}}"),
+                HeaderValue::from_static("application/json"),
+            ),
             MockAuth::Rejected(reason) => {
                 let status = if reason.starts_with("missing scope") {
                     StatusCode::FORBIDDEN
@@ -497,9 +562,15 @@ impl State {
             response_sha256: hex::encode(Sha256::digest(&response_body)),
             auth,
             trailers,
+            received,
         });
         let mut response = Response::new(Full::new(response_body));
         *response.status_mut() = status;
+        if let Some(Some(retry_after)) = &over
+            && let Ok(v) = HeaderValue::from_str(retry_after)
+        {
+            response.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
         response.headers_mut().insert(CONTENT_TYPE, content_type);
         response
             .headers_mut()

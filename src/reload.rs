@@ -15,7 +15,8 @@ use crate::audit::Audit;
 use crate::config::{Config, ConfigError, Env};
 use crate::cutover::RateLimiter;
 use crate::metrics::Metrics;
-use crate::routes::Routes;
+use crate::routes::{Carried, Routes};
+use crate::shaping::{FleetBudget, Shaping};
 use crate::token::cache::Refreshers;
 use crate::token::{TokenCache, TokenError};
 
@@ -34,6 +35,8 @@ pub struct Core {
     source: Option<ConfigSource>,
     /// Where the admin listener is really bound (a reload cannot move it).
     pub admin_bound: std::net::SocketAddr,
+    /// The fleet's shared rate-limit schedule (`fleet.redis_url`; a restart changes it).
+    fleet_budget: Option<Arc<FleetBudget>>,
 }
 
 /// The file (and environment for `${VAR}`) a reload reads.
@@ -77,16 +80,20 @@ impl Core {
         metrics: Arc<Metrics>,
         source: Option<ConfigSource>,
         admin_bound: std::net::SocketAddr,
+        fleet_budget: Option<Arc<FleetBudget>>,
     ) -> Core {
-        let shadow_limiter = Arc::new(RateLimiter::new(config.cutover.shadow_max_per_second));
-        let replay_budget = Arc::new(replay_budget(&config));
+        let carried = Carried {
+            shadow_limiter: Arc::new(RateLimiter::new(config.cutover.shadow_max_per_second)),
+            replay_budget: Arc::new(replay_budget(&config)),
+            shaping: Arc::new(Shaping::new(&config, None, fleet_budget.as_ref(), &metrics)),
+        };
         let refreshers = tokens.spawn_refreshers();
         let routes = Routes::new(
             config,
             tokens,
             Arc::clone(&audit.recorder),
             Arc::clone(&metrics),
-            (shadow_limiter, replay_budget),
+            carried,
         );
         Core {
             routes: Arc::new(ArcSwap::from_pointee(routes)),
@@ -98,6 +105,7 @@ impl Core {
             audit_limit: RateLimiter::with_burst(5, 20),
             source,
             admin_bound,
+            fleet_budget,
         }
     }
 
@@ -157,7 +165,8 @@ impl Core {
         self.audit.adopt(&next);
         let next = Arc::new(next);
         // The shadow rate limit and the replay budget carry over unless their setting
-        // changed (the budget's permits may be held by requests in progress).
+        // changed (the budget's permits may be held by requests in progress); each
+        // instance's shaper carries over by name, with its new limit.
         let current = self.routes.load_full();
         let (was, now) = (&current.config.cutover, &next.cutover);
         let shadow_limiter = carry(
@@ -170,6 +179,12 @@ impl Core {
             was.replay_buffer_budget == now.replay_buffer_budget,
             || replay_budget(&next),
         );
+        let shaping = Arc::new(Shaping::new(
+            &next,
+            Some(&current.shaping),
+            self.fleet_budget.as_ref(),
+            &self.metrics,
+        ));
         drop(current);
         let refreshers = tokens.spawn_refreshers();
         self.routes.store(Arc::new(Routes::new(
@@ -177,7 +192,11 @@ impl Core {
             tokens,
             Arc::clone(&self.audit.recorder),
             Arc::clone(&self.metrics),
-            (shadow_limiter, replay_budget),
+            Carried {
+                shadow_limiter,
+                replay_budget,
+                shaping,
+            },
         )));
         // The old refreshers stop here (aborted on drop).
         *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()) = refreshers;

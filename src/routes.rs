@@ -14,6 +14,7 @@ use crate::config::{BearerRequests, Config, Integration, Plan, UnknownKeys};
 use crate::cutover::RateLimiter;
 use crate::keys::{Fingerprint, KeyMap};
 use crate::metrics::{Metrics, OutcomeCounters};
+use crate::shaping::Shaping;
 use crate::token::TokenCache;
 
 /// A configured integration and what the proxy keeps beside it.
@@ -28,6 +29,19 @@ pub struct Bystanders {
     pub unknown_key: OutcomeCounters,
     pub native: OutcomeCounters,
     pub anonymous: OutcomeCounters,
+    /// How the shaping queues name them (one flow each, weight 1).
+    pub unknown_flow: Arc<str>,
+    pub native_flow: Arc<str>,
+}
+
+/// What a reload carries over unless its setting changed: limits and budgets whose
+/// state (permits held, schedules, queues) belongs to requests in progress.
+pub struct Carried {
+    pub shadow_limiter: Arc<RateLimiter>,
+    /// Canary replay buffers, in KiB permits (`cutover.replay_buffer_budget`).
+    pub replay_budget: Arc<tokio::sync::Semaphore>,
+    /// Each instance's request budget.
+    pub shaping: Arc<Shaping>,
 }
 
 /// The state every request runs on.
@@ -39,6 +53,7 @@ pub struct Routes {
     pub shadow_limiter: Arc<RateLimiter>,
     /// Canary replay buffers, in KiB permits (`cutover.replay_buffer_budget`).
     pub replay_budget: Arc<tokio::sync::Semaphore>,
+    pub shaping: Arc<Shaping>,
     pub bystanders: Bystanders,
     callers: KeyMap<Arc<Caller>>,
 }
@@ -51,8 +66,13 @@ impl Routes {
         tokens: TokenCache,
         recorder: Arc<Recorder>,
         metrics: Arc<Metrics>,
-        (shadow_limiter, replay_budget): (Arc<RateLimiter>, Arc<tokio::sync::Semaphore>),
+        carried: Carried,
     ) -> Self {
+        let Carried {
+            shadow_limiter,
+            replay_budget,
+            shaping,
+        } = carried;
         let callers = KeyMap::new(config.integrations.iter().map(|i| {
             let caller = Caller {
                 integration: Arc::clone(i),
@@ -89,6 +109,8 @@ impl Routes {
                 "-",
                 &[Outcome::Rejected],
             ),
+            unknown_flow: Arc::from("(unknown key)"),
+            native_flow: Arc::from("(bearer caller)"),
         };
         Routes {
             config,
@@ -97,6 +119,7 @@ impl Routes {
             metrics,
             shadow_limiter,
             replay_budget,
+            shaping,
             bystanders,
             callers,
         }

@@ -1,6 +1,6 @@
 //! How a request was handled, and a map with one value per outcome.
 //!
-//! [`OutcomeMap`] replaces positional `[u64; 6]` arrays: it is indexed by the
+//! [`OutcomeMap`] replaces positional `[u64; 7]` arrays: it is indexed by the
 //! [`Outcome`] itself, and iterates as `(Outcome, &T)`, so no caller (counters, audit
 //! windows, the SQLite columns, the report) depends on the order of the variants.
 
@@ -23,17 +23,20 @@ pub enum Outcome {
     Native,
     /// Refused before forwarding (missing/unknown key, bad request, no token).
     Rejected,
+    /// Answered 429 by keybridge: no turn at the instance within `rate_limit.max_wait`.
+    Throttled,
 }
 
 impl Outcome {
     /// Every outcome, in the order maps iterate.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::ApiKey,
         Outcome::Oauth,
         Outcome::Fallback,
         Outcome::Denied,
         Outcome::Native,
         Outcome::Rejected,
+        Outcome::Throttled,
     ];
 
     /// The stable name used in metrics labels, the audit store and JSON.
@@ -45,6 +48,7 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::Native => "native",
             Outcome::Rejected => "rejected",
+            Outcome::Throttled => "throttled",
         }
     }
 
@@ -65,7 +69,7 @@ impl Outcome {
 
 /// One `T` per [`Outcome`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutcomeMap<T>([T; 6]);
+pub struct OutcomeMap<T>([T; 7]);
 
 impl<T> OutcomeMap<T> {
     pub fn from_fn(mut f: impl FnMut(Outcome) -> T) -> Self {

@@ -67,6 +67,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE keybridge_flushes (
         replica TEXT NOT NULL, id BIGINT NOT NULL, at BIGINT NOT NULL,
         PRIMARY KEY (replica, id));",
+    // v3: requests keybridge answered 429 to keep an instance under its rate limit.
+    "ALTER TABLE keybridge_traffic ADD COLUMN throttled BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for flushes.

@@ -52,6 +52,8 @@ const MIGRATIONS: &[&str] = &[
     // v2: the replicas that flush here (one, unless several share the file by mistake).
     "CREATE TABLE replicas (
         name TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, last_flush INTEGER NOT NULL);",
+    // v3: requests keybridge answered 429 to keep an instance under its rate limit.
+    "ALTER TABLE traffic ADD COLUMN throttled INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Peer values kept per subject (IPs and user agents); more are not stored.
@@ -584,7 +586,7 @@ fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, StoreError> 
 }
 
 /// The traffic table has one column per outcome, named as the outcome.
-fn traffic_columns() -> [&'static str; 6] {
+fn traffic_columns() -> [&'static str; 7] {
     Outcome::ALL.map(Outcome::as_str)
 }
 

@@ -23,7 +23,7 @@ use std::path::Path;
 
 pub use env::{Env, ProcessEnv};
 pub use error::{ConfigError, FieldError};
-pub use model::{Client, Config, Forwarding, Instance, Integration, Percent, Plan};
+pub use model::{Client, Config, Forwarding, Instance, Integration, Percent, Plan, RateLimit};
 pub use raw::{
     AuditSettings, BearerRequests, ClientAuth, CutoverSettings, FleetSettings, Mode,
     ServerSettings, TlsSettings, TokenSettings, UnknownKeys, UpstreamSettings,

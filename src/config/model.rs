@@ -68,6 +68,40 @@ pub struct Instance {
     pub scheme: Scheme,
     pub authority: Authority,
     pub token_url: Uri,
+    /// The request budget all callers share (`None`: `rate_limit: off`).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// An instance's request budget, validated: a positive finite rate, a burst of at least
+/// one, a bounded wait.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests per second for the whole fleet.
+    pub per_second: f64,
+    /// Requests that may go at once.
+    pub burst: u32,
+    /// Longest a request waits for its turn, retries included.
+    pub max_wait: std::time::Duration,
+}
+
+impl RateLimit {
+    /// Coupa's documented limit (`shared/COUPA.md` §3.4): 25/s, burst 20.
+    pub const COUPA: RateLimit = RateLimit {
+        per_second: 25.0,
+        burst: 20,
+        max_wait: std::time::Duration::from_secs(10),
+    };
+
+    /// This replica's part when the fleet cannot coordinate: rate and burst divided by
+    /// `replicas` (burst at least 1).
+    pub fn share_of(self, replicas: u32) -> RateLimit {
+        let n = replicas.max(1);
+        RateLimit {
+            per_second: self.per_second / f64::from(n),
+            burst: (self.burst / n).max(1),
+            max_wait: self.max_wait,
+        }
+    }
 }
 
 impl Instance {
@@ -107,6 +141,8 @@ pub struct Integration {
     pub name: Arc<str>,
     pub fingerprint: Fingerprint,
     pub plan: Plan,
+    /// Weight in its instance's budget when callers queue (1–1000).
+    pub share: u32,
 }
 
 /// What an integration's mode does, with everything that mode needs to do it.

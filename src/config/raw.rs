@@ -87,6 +87,15 @@ pub struct FleetSettings {
     /// apart).
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
+    /// `1` (1–1000): how many replicas run. Without `fleet.redis_url`, or while Redis
+    /// does not answer, each replica keeps to `rate_limit.per_second / expected_replicas`
+    /// (and burst alike), so the fleet together stays within the instance's limit.
+    #[serde(default = "default_expected_replicas")]
+    pub expected_replicas: u32,
+}
+
+fn default_expected_replicas() -> u32 {
+    1
 }
 
 fn default_redis_prefix() -> String {
@@ -109,6 +118,99 @@ pub(super) struct RawInstance {
     pub base_url: String,
     /// Optional; default `base_url` + `/oauth2/token`.
     pub token_url: Option<String>,
+    /// How fast keybridge lets requests go to this instance, all callers together
+    /// (default: Coupa's documented 25 per second with a burst of 20). `rate_limit: off`
+    /// sends everything as it comes; Coupa then answers the excess with 429.
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+}
+
+/// An instance's request budget (`rate_limit`), or `off`.
+pub(super) struct RawRateLimit {
+    /// `25` (0.1–100000) requests per second, shared by every replica (with
+    /// `fleet.redis_url`; without it each replica takes `per_second /
+    /// fleet.expected_replicas`). A 429 or 503 from Coupa lowers it for a while.
+    pub per_second: f64,
+    /// `20` (1–100000) requests that may go at once after a quiet spell.
+    pub burst: u32,
+    /// `10s` (0s–10min): the longest a request waits for its turn (its retries after a
+    /// 429 from Coupa included); beyond it the caller gets `429` with `Retry-After`.
+    pub max_wait: Duration,
+    /// `rate_limit: off`.
+    off: bool,
+}
+
+impl RawRateLimit {
+    /// The budget, or `None` for `off`.
+    pub fn settings(&self) -> Option<(f64, u32, Duration)> {
+        (!self.off).then_some((self.per_second, self.burst, self.max_wait))
+    }
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        RawRateLimit {
+            per_second: 25.0,
+            burst: 20,
+            max_wait: Duration::from_secs(10),
+            off: false,
+        }
+    }
+}
+
+/// `off` (or `false`), or a map of the settings (missing ones take their defaults).
+impl<'de> Deserialize<'de> for RawRateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Settings {
+            per_second: Option<f64>,
+            burst: Option<u32>,
+            #[serde(default, with = "humantime_serde")]
+            max_wait: Option<Duration>,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawRateLimit;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`off`, or a map with per_second, burst and max_wait")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawRateLimit, E> {
+                match v {
+                    "off" => Ok(RawRateLimit {
+                        off: true,
+                        ..RawRateLimit::default()
+                    }),
+                    other => Err(E::custom(format!(
+                        "`{other}`: write `off`, or a map with per_second, burst and max_wait"
+                    ))),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawRateLimit, E> {
+                if v {
+                    Err(E::custom(
+                        "`true`: the limit is on by default; write a map with per_second, burst and max_wait to change it",
+                    ))
+                } else {
+                    self.visit_str("off")
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawRateLimit, A::Error> {
+                let s = Settings::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let d = RawRateLimit::default();
+                Ok(RawRateLimit {
+                    per_second: s.per_second.unwrap_or(d.per_second),
+                    burst: s.burst.unwrap_or(d.burst),
+                    max_wait: s.max_wait.unwrap_or(d.max_wait),
+                    off: false,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -157,6 +259,9 @@ pub(super) struct RawIntegration {
     pub shadow_percent: Option<u8>,
     /// `canary` only, 0–100, required there: share of requests sent with OAuth.
     pub canary_percent: Option<u8>,
+    /// `1` (1–1000): this integration's weight in its instance's `rate_limit` when
+    /// callers queue; `2` gets twice the turns of an integration with `1`.
+    pub share: Option<u32>,
 }
 
 /// What keybridge forwards at all; everything else is refused before any credential is
@@ -496,6 +601,7 @@ impl Default for FleetSettings {
             replica: None,
             redis_url: None,
             redis_prefix: default_redis_prefix(),
+            expected_replicas: default_expected_replicas(),
         }
     }
 }

@@ -12,10 +12,10 @@ use std::time::Duration;
 use http::uri::Scheme;
 
 use super::error::FieldError;
-use super::model::{Client, Config, Forwarding, Instance, Integration, Percent, Plan};
+use super::model::{Client, Config, Forwarding, Instance, Integration, Percent, Plan, RateLimit};
 use super::raw::{
     AuditSettings, BearerRequests, Mode, RawClient, RawConfig, RawForwarding, RawInstance,
-    RawIntegration, TlsSettings, UnknownKeys,
+    RawIntegration, RawRateLimit, TlsSettings, UnknownKeys,
 };
 use super::secret::Secret;
 use super::values::{is_loopback, list, parse_http_url};
@@ -172,6 +172,15 @@ pub(super) fn validate(
         || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         v.error("fleet.redis_prefix", "1 to 64 characters without spaces");
+    }
+    if !(1..=1000).contains(&raw.fleet.expected_replicas) {
+        v.error(
+            "fleet.expected_replicas",
+            format!(
+                "must be between 1 and 1000 (got {})",
+                raw.fleet.expected_replicas
+            ),
+        );
     }
 
     if !v.errors.is_empty() {
@@ -395,11 +404,55 @@ fn instance(raw: RawInstance, name: &str, v: &mut Findings) -> Option<Instance> 
             ));
         }
     }
+    let rate_limit = rate_limit(&raw.rate_limit, &field, v);
     Some(Instance {
         name: name.into(),
         scheme,
         authority,
         token_url,
+        rate_limit,
+    })
+}
+
+/// `rate_limit`: each value in its range (an out-of-range one is reported and the
+/// default taken, so the rest of the instance is still checked).
+fn rate_limit(raw: &RawRateLimit, field: &str, v: &mut Findings) -> Option<RateLimit> {
+    let (per_second, burst, max_wait) = raw.settings()?;
+    let d = RateLimit::COUPA;
+    let per_second = if per_second.is_finite() && (0.1..=100_000.0).contains(&per_second) {
+        per_second
+    } else {
+        v.error(
+            format!("{field}.rate_limit.per_second"),
+            format!("must be between 0.1 and 100000 requests per second (got {per_second})"),
+        );
+        d.per_second
+    };
+    let burst = if (1..=100_000).contains(&burst) {
+        burst
+    } else {
+        v.error(
+            format!("{field}.rate_limit.burst"),
+            format!("must be between 1 and 100000 (got {burst})"),
+        );
+        d.burst
+    };
+    let max_wait = if max_wait <= Duration::from_secs(600) {
+        max_wait
+    } else {
+        v.error(
+            format!("{field}.rate_limit.max_wait"),
+            format!(
+                "must be at most 10min (got {})",
+                humantime::format_duration(max_wait)
+            ),
+        );
+        d.max_wait
+    };
+    Some(RateLimit {
+        per_second,
+        burst,
+        max_wait,
     })
 }
 
@@ -557,10 +610,22 @@ fn integration(
     }
     let plan = plan(&raw, field, instances, clients, v);
     let fingerprint = fingerprint(field, raw.api_key_sha256, raw.api_key, v);
+    let share = match raw.share {
+        None => 1,
+        Some(n @ 1..=1000) => n,
+        Some(n) => {
+            v.error(
+                format!("{field}.share"),
+                format!("must be between 1 and 1000 (got {n})"),
+            );
+            1
+        }
+    };
     Some(Integration {
         name: raw.name.into(),
         fingerprint: fingerprint?,
         plan: plan?,
+        share,
     })
 }
 

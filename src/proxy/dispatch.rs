@@ -20,6 +20,7 @@ use crate::config::{BearerRequests, UnknownKeys};
 use crate::cutover::{self, Route};
 use crate::error::ProxyError;
 use crate::keys::Fingerprint;
+use crate::shaping::Flow;
 
 impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     /// Authenticates the request and sends it down the route its caller's plan picks.
@@ -55,8 +56,12 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                 }),
             ),
             Route::Key { instance } => {
+                let flow = Flow {
+                    name: &integration.name,
+                    weight: integration.share,
+                };
                 let result = self
-                    .forward(req, target, instance, Credential::Key(&key))
+                    .forward(req, target, instance, Credential::Key(&key), flow)
                     .await;
                 Handled::new(Who::Caller(caller), Outcome::ApiKey, result)
             }
@@ -89,8 +94,12 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         let config = &self.routes.config;
         match (config.bearer_requests, &config.default_instance) {
             (BearerRequests::Forward, Some(instance)) => {
+                let flow = Flow {
+                    name: &self.routes.bystanders.native_flow,
+                    weight: 1,
+                };
                 let result = self
-                    .forward(req, target, instance, Credential::Caller)
+                    .forward(req, target, instance, Credential::Caller, flow)
                     .await;
                 Handled::new(Who::Native, Outcome::Native, result)
             }
@@ -114,8 +123,12 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         let config = &self.routes.config;
         match (config.unknown_keys, &config.default_instance) {
             (UnknownKeys::Observe, Some(instance)) => {
+                let flow = Flow {
+                    name: &self.routes.bystanders.unknown_flow,
+                    weight: 1,
+                };
                 let result = self
-                    .forward(req, target, instance, Credential::Key(key))
+                    .forward(req, target, instance, Credential::Key(key), flow)
                     .await;
                 Handled::new(Who::Unknown(fp), Outcome::ApiKey, result)
             }

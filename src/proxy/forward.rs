@@ -11,6 +11,7 @@ use super::handle::Proxy;
 use super::handled::{Handled, Who};
 use super::headers::Credential;
 use super::outbound::{Outbound, pass_back};
+use super::pace::Pacing;
 use super::retry::{OauthRoute, Step, next_step, token_refused};
 use super::send::Upstream;
 use super::send::send;
@@ -20,22 +21,57 @@ use crate::body::{BodyIdle, CallerBody, Inbound, RequestBody, ResponseBody};
 use crate::config::{Client, Instance};
 use crate::error::ProxyError;
 use crate::routes::Caller;
+use crate::shaping::Flow;
 use crate::token::Token;
 
 impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
-    /// Streams the request to `instance` with `credential`; no retry.
+    /// Streams the request to `instance` with `credential` in its turn; only a bodiless
+    /// one is sent again (after a 429 from Coupa).
     pub(super) async fn forward(
         &self,
         req: Request<CallerBody<B>>,
         target: PathAndQuery,
         instance: &Instance,
         credential: Credential<'_>,
+        flow: Flow<'_>,
     ) -> Result<Response<ResponseBody<U::Body>>, ProxyError> {
         let (parts, body) = req.into_parts();
         let out = Outbound::from_parts(parts, target, instance, self.peer);
-        let request = out.into_request(credential, RequestBody::streaming(body).send_body());
-        let response = send(&*self.upstream, &self.routes, request, instance).await?;
+        let Some(pacing) = Pacing::new(self.routes.shaping.get(instance), flow) else {
+            let request = out.into_request(credential, RequestBody::streaming(body).send_body());
+            let response = send(&*self.upstream, &self.routes, request, instance).await?;
+            return Ok(pass_back(response));
+        };
+        let mut body = if body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            RequestBody::streaming(body)
+        };
+        let response = self
+            .send_paced(&pacing, &out, &mut body, credential, instance)
+            .await?;
         Ok(pass_back(response))
+    }
+
+    /// One send of `out`: in its turn when the instance has a budget.
+    async fn send_out(
+        &self,
+        pacing: Option<&Pacing<'_>>,
+        out: &Outbound,
+        body: &mut RequestBody<B>,
+        credential: Credential<'_>,
+        instance: &Instance,
+    ) -> Result<http::Response<U::Body>, ProxyError> {
+        match pacing {
+            Some(pacing) => {
+                self.send_paced(pacing, out, body, credential, instance)
+                    .await
+            }
+            None => {
+                let request = out.build(credential, body.send_body());
+                send(&*self.upstream, &self.routes, request, instance).await
+            }
+        }
     }
 
     /// `shadow`: serve with the key, then replay a copy with OAuth in the background.
@@ -53,8 +89,12 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             .shadow_limiter
             .try_acquire()
             .then(|| (req.method().clone(), target.clone(), req.headers().clone()));
+        let flow = Flow {
+            name: &caller.integration.name,
+            weight: caller.integration.share,
+        };
         let result = self
-            .forward(req, target, &client.instance, Credential::Key(key))
+            .forward(req, target, &client.instance, Credential::Key(key), flow)
             .await;
         if let (Some((method, target, headers)), Ok(response)) = (copy, &result) {
             let replay = Replay {
@@ -83,6 +123,10 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     ) -> Handled<U::Body> {
         let who = || Who::Caller(Arc::clone(&caller));
         let instance = &client.instance;
+        let flow = Flow {
+            name: &caller.integration.name,
+            weight: caller.integration.share,
+        };
         let tokens = &self.routes.tokens;
         let token = match tokens.get(&client.name).await {
             Ok(token) => token,
@@ -91,7 +135,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                     // A canary must not break its caller over our token trouble.
                     tracing::warn!(integration = %caller.integration.name, client = %client.name, error = %source, "no token; canary request sent with the key");
                     let result = self
-                        .forward(req, target, instance, Credential::Key(key))
+                        .forward(req, target, instance, Credential::Key(key), flow)
                         .await;
                     return Handled::new(who(), Outcome::ApiKey, result);
                 }
@@ -132,8 +176,12 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             }
             Err(e) => return Handled::rejected(who(), ProxyError::ClientBody(e)),
         };
-        let first = out.build(Credential::Bearer(token.authorization()), body.send_body());
-        let response = match send(&*self.upstream, &self.routes, first, instance).await {
+        let pacing = Pacing::new(self.routes.shaping.get(instance), flow);
+        let first = Credential::Bearer(token.authorization());
+        let response = match self
+            .send_out(pacing.as_ref(), &out, &mut body, first, instance)
+            .await
+        {
             Ok(response) => response,
             Err(e) => return Handled::new(who(), Outcome::Oauth, Err(e)),
         };
@@ -172,8 +220,8 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                 )
             }
         };
-        let request = out.into_request(credential, body.send_body());
-        let result = send(&*self.upstream, &self.routes, request, instance)
+        let result = self
+            .send_out(pacing.as_ref(), &out, &mut body, credential, instance)
             .await
             .map(pass_back);
         Handled {

@@ -97,6 +97,11 @@ fn log_failure(who: &Who, endpoint: &str, err: &ProxyError) {
     let status = err.status().as_u16();
     let integration = who.name();
     match err.fault() {
+        // Counted in keybridge_shaping_throttled; a line each would flood the log
+        // exactly when an instance is overloaded.
+        Fault::Caller if matches!(err, ProxyError::Throttled { .. }) => {
+            tracing::debug!(%integration, %endpoint, status, error = %err, "request throttled");
+        }
         Fault::Caller => {
             tracing::info!(%integration, %endpoint, status, error = %err, "request refused");
         }

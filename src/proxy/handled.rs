@@ -46,6 +46,11 @@ impl<B> Handled<B> {
         outcome: Outcome,
         result: Result<Response<ResponseBody<B>>, ProxyError>,
     ) -> Self {
+        // However far it got, a request that found no turn at Coupa was throttled.
+        let outcome = match &result {
+            Err(ProxyError::Throttled { .. }) => Outcome::Throttled,
+            _ => outcome,
+        };
         Handled {
             result,
             who,

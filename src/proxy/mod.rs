@@ -6,6 +6,7 @@
 //! 3. [`dispatch`]: who is calling (key → integration, unknown key, bearer, nobody) and
 //!    which route their plan picks ([`crate::cutover::route`]);
 //! 4. [`forward`]: the request built for Coupa ([`outbound`], [`headers`], [`uri`]), sent
+//!    in its turn at the instance ([`pace`]: the rate limit, Coupa's 429s waited out)
 //!    ([`send`]), retried where [`retry::next_step`] says so, passed back;
 //!    [`shadow`] replays run beside it;
 //! 5. [`record`]: whatever happened, recorded once for the audit, the metrics and the
@@ -20,6 +21,7 @@ mod handle;
 mod handled;
 pub mod headers;
 mod outbound;
+mod pace;
 mod record;
 mod retry;
 mod send;

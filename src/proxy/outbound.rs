@@ -47,6 +47,10 @@ impl Outbound {
         Self::new(parts.method, target, parts.headers, instance, peer)
     }
 
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
     /// A request with a copy of the headers (for a send that may be retried).
     pub(crate) fn build<B: Inbound>(
         &self,

@@ -46,6 +46,15 @@ impl<U> Replay<U> {
                 return;
             }
         };
+        // A replay is an extra request: it takes a free slot of the instance's budget or
+        // is skipped, never queued before a caller's request.
+        let shaper = self.routes.shaping.get(&client.instance);
+        if let Some(shaper) = shaper
+            && !shaper.try_now().await
+        {
+            tracing::debug!(integration = %integration.name, "shadow replay skipped: the instance's rate limit has no free slot");
+            return;
+        }
         let body: UpstreamBody<B> = Either::Right(Full::default());
         let request = self
             .request
@@ -61,6 +70,11 @@ impl<U> Replay<U> {
                     .await;
                 if token_refused(status) {
                     self.routes.tokens.refused(&client.name, token.serial).await;
+                }
+                if let Some(shaper) = shaper
+                    && matches!(status.as_u16(), 429 | 503)
+                {
+                    shaper.coupa_refused(None).await;
                 }
                 status.as_u16()
             }

@@ -54,10 +54,11 @@ fn routes() -> Arc<ArcSwap<Routes>> {
         tokens,
         recorder,
         metrics,
-        (
-            Arc::new(RateLimiter::new(1)),
-            Arc::new(tokio::sync::Semaphore::new(1024)),
-        ),
+        crate::routes::Carried {
+            shadow_limiter: Arc::new(RateLimiter::new(1)),
+            replay_budget: Arc::new(tokio::sync::Semaphore::new(1024)),
+            shaping: Arc::default(),
+        },
     )))
 }
 

@@ -29,6 +29,7 @@ use crate::audit::{Audit, StoreError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::reload::Core;
+use crate::shaping::FleetBudget;
 use crate::stack;
 use crate::token::TokenCache;
 use crate::token::shared::SharedTokens;
@@ -135,6 +136,12 @@ pub async fn start_with_file(
         Arc::clone(&metrics),
         shared,
     );
+    let fleet_budget = match &config.fleet.redis_url {
+        Some(url) => Some(Arc::new(
+            FleetBudget::new(url, &config.fleet.redis_prefix).map_err(StartError::Fleet)?,
+        )),
+        None => None,
+    };
     let audit = Arc::new(Audit::open(&config, Arc::clone(&metrics)).await?);
     let tls = crate::tls::acceptor(config.tls.as_ref())?;
     let proxy_listener = bind("listen", config.listen).await?;
@@ -148,6 +155,7 @@ pub async fn start_with_file(
         metrics,
         source,
         admin_addr,
+        fleet_budget,
     ));
 
     let (shutdown, rx) = watch::channel(false);
