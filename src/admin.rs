@@ -132,14 +132,26 @@ async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => json(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => readyz(core).await,
         "/tokens" => tokens(core).await,
-        "/metrics" => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            core.metrics.encode().into(),
-        ),
+        "/metrics" => {
+            core.routes().load().shaping.export();
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                core.metrics.encode().into(),
+            )
+        }
         "/audit" if !core.audit_limit.try_acquire() => too_many("audit"),
         "/audit" => match core.audit.report(&config).await {
-            Ok(report) => json(StatusCode::OK, &report),
+            Ok(mut report) => {
+                report.rate_limits = core
+                    .routes()
+                    .load()
+                    .shaping
+                    .iter()
+                    .map(|s| s.report())
+                    .collect();
+                json(StatusCode::OK, &report)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "audit read failed");
                 json_error(

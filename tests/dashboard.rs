@@ -157,6 +157,10 @@ async fn the_dashboard_renders_progress_states_advice_and_unknown_keys() {
         "unused scopes column: the client requests write, nothing wrote"
     );
     assert!(dom.contains("on OAuth"), "state badge");
+    assert!(
+        dom.contains(r#"data-instance="prod""#) && dom.contains("25/s, burst 20, wait ≤ 10 s"),
+        "the rate-limit panel shows the instance's budget"
+    );
     assert!(dom.contains("core.supplier.read (missing)"), "scope advice");
     assert!(dom.contains("add scopes: core.supplier.read"));
     assert!(

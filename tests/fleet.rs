@@ -117,8 +117,8 @@ async fn two_replicas_share_one_exact_audit_and_migrate_it_once() {
     let migrations = a.output().matches("audit store migrated").count()
         + b.output().matches("audit store migrated").count();
     assert_eq!(
-        migrations, 2,
-        "each migration (v1, v2) once between both replicas"
+        migrations, 3,
+        "each migration (v1, v2, v3) once between both replicas"
     );
     for out in [a.output(), b.output()] {
         assert!(!out.contains(r#""level":"ERROR""#), "{out}");
@@ -328,7 +328,7 @@ async fn a_schema_newer_than_this_binary_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "has schema version 99, newer than this keybridge knows (2); upgrade keybridge"
+            "has schema version 99, newer than this keybridge knows (3); upgrade keybridge"
         ),
         "{stderr}"
     );

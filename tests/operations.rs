@@ -395,7 +395,10 @@ async fn a_reload_applies_a_new_shadow_rate() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let config = TestConfig::standard(&mock.base_url())
         .set("cutover.shadow_max_per_second", 1)
-        .set("integrations[0].mode", "shadow");
+        .set("integrations[0].mode", "shadow")
+        // Replays also take a slot of the instance's rate limit; this test is about
+        // the shadow rate alone.
+        .set("instances.prod.rate_limit", "off");
     let yaml = config.yaml();
     let (path, proxy) = start_from_file(&yaml).await;
     let replays = || {

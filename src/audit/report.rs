@@ -37,6 +37,31 @@ pub struct AuditReport {
     /// The replicas writing this audit and when each last flushed: one that stopped
     /// (crashed, cut off from the store) shows `stale`.
     pub replicas: Vec<ReplicaReport>,
+    /// Each instance's rate limit as this replica sees it now (filled in by the admin
+    /// listener, which has the live shapers; empty from the CLI).
+    pub rate_limits: Vec<RateLimitReport>,
+}
+
+/// One instance's rate limit, live.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitReport {
+    pub instance: String,
+    /// The configured budget for the fleet.
+    pub per_second: f64,
+    pub burst: u32,
+    pub max_wait_seconds: f64,
+    /// What this replica lets through now (lower after Coupa's 429s, recovering).
+    pub current_per_second: f64,
+    /// Requests waiting for their turn here.
+    pub queued: usize,
+    /// `Some(true)` while shared through Redis, `Some(false)` while Redis is away,
+    /// `None` without `fleet.redis_url`.
+    pub shared: Option<bool>,
+    /// Requests this replica answered with 429 itself (no turn within `max_wait`).
+    pub throttled: u64,
+    /// 429/503s from Coupa waited out and sent again, and given to the caller.
+    pub coupa_limited_absorbed: u64,
+    pub coupa_limited_passed_back: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -287,6 +312,7 @@ pub fn build(snapshot: &Snapshot, config: &Config, now: i64) -> AuditReport {
         })
         .collect();
     AuditReport {
+        rate_limits: Vec::new(),
         replicas,
         generated_at: rfc3339(now),
         totals: by_outcome(&totals),
@@ -513,6 +539,7 @@ pub fn render_table(r: &AuditReport) -> String {
         "OAUTH",
         "FALLBACK",
         "DENIED",
+        "THROTTLED",
         "LAST SEEN",
         "NEEDED SCOPES",
         "CONFIGURED",
@@ -530,6 +557,7 @@ pub fn render_table(r: &AuditReport) -> String {
             i.requests["oauth"].to_string(),
             i.requests["fallback"].to_string(),
             i.requests["denied"].to_string(),
+            i.requests["throttled"].to_string(),
             i.last_seen.clone().unwrap_or_else(|| "never".into()),
             or_dash(i.scopes.needed.join(" ")),
             if i.scopes.requests_all_scopes {
@@ -601,7 +629,7 @@ fn table(rows: &[Vec<String>]) -> String {
 /// `keybridge audit --format csv`.
 pub fn render_csv(r: &AuditReport) -> String {
     let mut out = String::from(
-        "integration,mode,state,api_key,oauth,fallback,denied,native,rejected,last_seen,needed_scopes,configured_scopes,missing_scopes,unused_scopes\n",
+        "integration,mode,state,api_key,oauth,fallback,denied,native,rejected,throttled,last_seen,needed_scopes,configured_scopes,missing_scopes,unused_scopes\n",
     );
     for i in &r.integrations {
         let fields = [
@@ -614,6 +642,7 @@ pub fn render_csv(r: &AuditReport) -> String {
             i.requests["denied"].to_string(),
             i.requests["native"].to_string(),
             i.requests["rejected"].to_string(),
+            i.requests["throttled"].to_string(),
             i.last_seen.clone().unwrap_or_default(),
             i.scopes.needed.join(" "),
             if i.scopes.requests_all_scopes {

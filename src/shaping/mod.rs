@@ -11,34 +11,22 @@
 //! - [`fair`]: the weighted fair queue of requests waiting for a slot.
 //! - [`shaper`]: one instance's budget, queue and dispatcher.
 //! - [`fleet`]: the schedule shared by replicas in Redis.
+//! - [`flow`]: who a request counts for, and the answer when its turn does not come.
 
 pub mod budget;
 pub mod fair;
 pub mod fleet;
+pub mod flow;
 pub mod shaper;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use fleet::{FleetBudget, FleetHealth};
+pub use flow::{Flow, Throttled};
 pub use shaper::Shaper;
 
 use crate::config::{Config, Instance};
 use crate::metrics::Metrics;
-
-/// Who a request counts for in the fair queue.
-#[derive(Debug, Clone, Copy)]
-pub struct Flow<'a> {
-    pub name: &'a Arc<str>,
-    pub weight: u32,
-}
-
-/// A request that could not get a slot in time: `429` with `Retry-After`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Throttled {
-    pub instance: Arc<str>,
-    pub retry_after: Duration,
-}
 
 /// The shapers of every instance with a `rate_limit`, carried across reloads by name.
 #[derive(Default)]

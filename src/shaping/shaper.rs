@@ -9,6 +9,7 @@
 //!   ending when the queue is empty, hands out slots as the budget frees them.
 //! - **Coupa's 429/503** cut the budget ([`Shaper::coupa_refused`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use tokio::sync::oneshot;
 use super::budget::Budget;
 use super::fair::{FairQueue, Ticket};
 use super::fleet::{FleetBudget, Slot};
-use super::{Flow, Throttled};
+use super::flow::{Flow, Throttled};
 use crate::config::RateLimit;
 use crate::metrics::ShapingMetrics;
 
@@ -44,6 +45,8 @@ pub struct Shaper {
     state: Mutex<State>,
     fleet: Option<Arc<FleetBudget>>,
     pub metrics: ShapingMetrics,
+    /// Requests answered 429 here.
+    throttled: AtomicU64,
 }
 
 impl Shaper {
@@ -66,6 +69,7 @@ impl Shaper {
             }),
             fleet,
             metrics,
+            throttled: AtomicU64::new(0),
         }
     }
 
@@ -192,6 +196,7 @@ impl Shaper {
 
     fn throttled(&self, flow: Flow<'_>, expected: Duration) -> Throttled {
         self.metrics.throttled(flow.name);
+        self.throttled.fetch_add(1, Ordering::Relaxed);
         Throttled {
             instance: Arc::clone(&self.instance),
             retry_after: retry_after(expected),
@@ -241,6 +246,24 @@ impl Shaper {
         match self.fleet.as_deref() {
             Some(f) if f.usable() => st.budget.rate(&st.limit, now),
             _ => st.budget.rate(&st.local_limit, now),
+        }
+    }
+
+    /// The live state for `/audit` and the dashboard.
+    pub fn report(&self) -> crate::audit::report::RateLimitReport {
+        let limit = self.limit();
+        let (absorbed, passed_back) = self.metrics.coupa_limited_counts();
+        crate::audit::report::RateLimitReport {
+            instance: self.instance.to_string(),
+            per_second: limit.per_second,
+            burst: limit.burst,
+            max_wait_seconds: limit.max_wait.as_secs_f64(),
+            current_per_second: (self.current_rate() * 100.0).round() / 100.0,
+            queued: self.queued(),
+            shared: self.fleet.as_ref().map(|_| self.shared()),
+            throttled: self.throttled.load(Ordering::Relaxed),
+            coupa_limited_absorbed: absorbed,
+            coupa_limited_passed_back: passed_back,
         }
     }
 
