@@ -5,6 +5,8 @@
 #      AUDIT=on|off|fleet (default on: SQLite; fleet: the PostgreSQL audit at
 #      BENCH_PG_URL and the Redis token cache at BENCH_REDIS_URL, machine defaults),
 #      WORKERS (default: one per CPU),
+#      SHAPING=far|off (default far: the instance's rate_limit on, 100000/s with a burst of
+#      100000, far above any load here, so its cost is measured without it throttling),
 #      TOKEN_URL (default: the upstream's /oauth2/token).
 set -euo pipefail
 dir=$(mktemp -d)
@@ -17,6 +19,11 @@ audit=${AUDIT:-on}
   echo "  bench:"
   echo "    base_url: http://$UPSTREAM_ADDR"
   if [ -n "${TOKEN_URL:-}" ]; then echo "    token_url: $TOKEN_URL"; fi
+  if [ "${SHAPING:-far}" = off ]; then
+    echo "    rate_limit: off"
+  else
+    echo "    rate_limit: {per_second: 100000, burst: 100000, max_wait: 10s}"
+  fi
   echo "clients:"
   for i in $(seq 0 19); do
     echo "  c$i: {instance: bench, client_id: c$i, client_secret: s$i, scopes: [core.invoice.read, core.invoice.write]}"

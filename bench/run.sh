@@ -92,10 +92,11 @@ start_candidate() {
     envoy-c*) C_PORT=18084; local n=${c#envoy-c}
       render conf/envoy.yaml.tmpl "$RUNDIR/envoy.yaml" PORT=$C_PORT UPPORT=$UP_PORT GEN="$BENCH/gen"
       launch "$c" "$ENVOY_BIN" -c "$RUNDIR/envoy.yaml" --concurrency "$n" --disable-hot-restart -l error; C_PG=$LAST_PG ;;
-    keybridge|keybridge-noaudit|keybridge-w1|keybridge-fleet) C_PORT=18090
-      local audit=on workers=0; [ "$c" = keybridge-noaudit ] && audit=off; [ "$c" = keybridge-w1 ] && workers=1
+    keybridge|keybridge-noaudit|keybridge-w1|keybridge-fleet|keybridge-noshape) C_PORT=18090
+      local audit=on workers=0 shaping=far; [ "$c" = keybridge-noaudit ] && audit=off; [ "$c" = keybridge-w1 ] && workers=1
+      [ "$c" = keybridge-noshape ] && shaping=off   # rate_limit: off (the default candidate has it on, far above the load)
       [ "$c" = keybridge-fleet ] && audit=fleet   # PostgreSQL audit + Redis tokens (BENCH_PG_URL, BENCH_REDIS_URL)
-      launch "$c" env AUDIT=$audit WORKERS=$workers bash "$BENCH/keybridge-candidate.sh"; C_PG=$LAST_PG ;;
+      launch "$c" env AUDIT=$audit WORKERS=$workers SHAPING=$shaping bash "$BENCH/keybridge-candidate.sh"; C_PG=$LAST_PG ;;
     "$PROXY_NAME") [ -n "${PROXY_CMD:-}" ] || { echo "PROXY_CMD not set" >&2; return 1; }
       C_PORT=$PROXY_PORT; C_MODE=$PROXY_MODE
       launch "$c" bash -c "$PROXY_CMD"; C_PG=$LAST_PG ;;
