@@ -35,6 +35,7 @@ mod memory;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
+mod redis_link;
 mod reload;
 mod routes;
 mod scopes;

@@ -57,20 +57,7 @@ struct Link {
 impl FleetBudget {
     /// A lazily connecting client (Redis may be down at start).
     pub fn new(url: &Secret, prefix: &str) -> Result<FleetBudget, String> {
-        let client = redis::Client::open(url.expose()).map_err(|_| {
-            "fleet.redis_url is not a Redis URL (redis://[:password@]host:6379[/db])".to_owned()
-        })?;
-        let target = match client.get_connection_info().addr() {
-            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-            other => format!("{other:?}"),
-        };
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(0)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("fleet.redis_url: {e}"))?;
+        let (conn, target) = crate::redis_link::connect(url, CALL_TIMEOUT, 0)?;
         Ok(FleetBudget {
             conn,
             prefix: prefix.to_owned(),

@@ -117,22 +117,7 @@ pub fn now_ms() -> i64 {
 impl SharedTokens {
     /// A lazily connecting client for `url` (Redis may be down at start).
     pub fn new(url: &Secret, prefix: &str) -> Result<SharedTokens, String> {
-        let client = redis::Client::open(url.expose()).map_err(|_| {
-            "fleet.redis_url is not a Redis URL (redis://[:password@]host:6379[/db])".to_owned()
-        })?;
-        let info = client.get_connection_info();
-        let target = match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-            redis::ConnectionAddr::TcpTls { host, port, .. } => format!("{host}:{port} (TLS)"),
-            other => format!("{other:?}"),
-        };
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("fleet.redis_url: {e}"))?;
+        let (conn, target) = crate::redis_link::connect(url, CALL_TIMEOUT, 1)?;
         Ok(SharedTokens {
             conn,
             prefix: prefix.to_owned(),
