@@ -38,6 +38,13 @@ struct State {
     driving: bool,
 }
 
+impl State {
+    /// A slot of this replica's own share at `now`, or the µs until the next one.
+    fn take_local(&mut self, now: f64) -> Result<(), f64> {
+        self.budget.take(&self.local_limit, now)
+    }
+}
+
 /// The shaper of one instance.
 pub struct Shaper {
     pub instance: Arc<str>,
@@ -127,16 +134,10 @@ impl Shaper {
         }
         let now = self.micros(Instant::now());
         let mut st = self.lock();
-        let State {
-            queue,
-            budget,
-            local_limit,
-            ..
-        } = &mut *st;
-        if !queue.is_empty() {
+        if !st.queue.is_empty() {
             return None;
         }
-        Some(budget.take(local_limit, now).is_ok())
+        Some(st.take_local(now).is_ok())
     }
 
     /// The fleet's limit, if nobody waits here.
@@ -303,12 +304,7 @@ impl Shaper {
                     st.driving = false;
                     return;
                 }
-                let State {
-                    budget,
-                    local_limit,
-                    ..
-                } = &mut *st;
-                match budget.take(local_limit, now) {
+                match st.take_local(now) {
                     Ok(()) => None,
                     Err(us) => Some(Duration::from_secs_f64(us / 1e6)),
                 }
