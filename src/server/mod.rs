@@ -172,7 +172,7 @@ pub async fn start_with_file(
             index,
             routes: Arc::clone(core.routes()),
             // Each worker gets its own upstream pool: connection tasks live on its thread.
-            upstream: Arc::new(upstream::build_client(&config.upstream)?),
+            upstream: Arc::new(upstream::Pool::new(&config.upstream)?),
             tls: tls.clone(),
             in_flight: in_flight.clone(),
             settings: config.server.clone(),

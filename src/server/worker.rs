@@ -15,7 +15,7 @@ use crate::config::ServerSettings;
 use crate::proxy::ProxyService;
 use crate::routes::Routes;
 use crate::stack;
-use crate::upstream::HttpClient;
+use crate::upstream::Pool;
 
 /// What one worker runs with.
 pub(super) struct Worker {
@@ -23,7 +23,7 @@ pub(super) struct Worker {
     /// Shared by all workers, swapped on reload.
     pub routes: Arc<ArcSwap<Routes>>,
     /// This worker's own pool.
-    pub upstream: Arc<HttpClient>,
+    pub upstream: Arc<Pool>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub in_flight: stack::InFlight,
     pub settings: ServerSettings,

@@ -1,8 +1,15 @@
-//! The pooled HTTP client that talks to Coupa (API calls and token requests).
+//! The clients that talk to Coupa: each proxy worker's own [`Pool`] for API calls (the
+//! request path), and hyper-util's pooled client for token requests.
 //!
-//! Keep-alive pool per instance, HTTP/1.1 or HTTP/2
-//! chosen by ALPN, rustls with the webpki root set (plus an optional private CA file).
-//! There is no way to disable certificate verification: a bad certificate fails closed.
+//! Both keep connections alive per instance, speak HTTP/1.1 or HTTP/2 as ALPN chooses,
+//! and use rustls with the webpki root set (plus an optional private CA file). There is
+//! no way to disable certificate verification: a bad certificate fails closed.
+
+mod connect;
+mod pool;
+
+pub use connect::ConnectError;
+pub use pool::{Pool, PooledBody};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,14 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-
-use crate::body::{BoxError, UpstreamBody};
+use crate::body::UpstreamBody;
 use crate::config::UpstreamSettings;
-use crate::proxy::Upstream;
 
-/// The pooled upstream client (one per proxy worker, one for token requests).
+/// The pooled client for token requests (and `keybridge check`'s credential test).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,15 +37,6 @@ pub enum TlsSetupError {
     },
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
-}
-
-/// The proxy's upstream: the pool itself, called without a clone per request.
-impl Upstream for HttpClient {
-    type Body = Incoming;
-
-    async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, BoxError> {
-        self.request(request).await.map_err(Into::into)
-    }
 }
 
 /// Builds the client. Fails only on a bad `ca_file`.
