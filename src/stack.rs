@@ -99,7 +99,7 @@ pub struct InFlightLimit<S> {
 }
 
 /// Decrements the in-flight counts when the request is done (or dropped).
-struct Slot(Arc<AtomicUsize>, Arc<AtomicUsize>);
+pub struct Slot(Arc<AtomicUsize>, Arc<AtomicUsize>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -111,12 +111,12 @@ impl Drop for Slot {
 impl<S, B, RB> Service<Request<B>> for InFlightLimit<S>
 where
     S: Service<Request<B>, Response = Response<ResponseBody<RB>>, Error = Infallible>,
-    S::Future: Send + 'static,
-    RB: Send + 'static,
+    S::Future: Unpin,
+    RB: Unpin,
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = InFlightFuture<S::Future, Self::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -142,13 +142,40 @@ where
                 "keybridge is at its limit of requests in progress; retry shortly",
             )
             .map(Either::Right);
-            return Box::pin(std::future::ready(Ok(response)));
+            return InFlightFuture::Refused(Some(response));
         }
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let response = future.await;
-            drop(slot);
-            response
-        })
+        InFlightFuture::Admitted(self.inner.call(req), Some(slot))
+    }
+}
+
+/// The request's own future, holding its in-flight slot until its response is ready
+/// (no box: the inner future is boxed already), or the 503 that refused it.
+pub enum InFlightFuture<F, R> {
+    Refused(Option<R>),
+    Admitted(F, Option<Slot>),
+}
+
+impl<F, R> Future for InFlightFuture<F, R>
+where
+    F: Future<Output = Result<R, Infallible>> + Unpin,
+    R: Unpin,
+{
+    type Output = Result<R, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            #[expect(
+                clippy::expect_used,
+                reason = "a future polled after it completed is a bug of its caller"
+            )]
+            InFlightFuture::Refused(response) => Poll::Ready(Ok(response
+                .take()
+                .expect("InFlightFuture polled after completion"))),
+            InFlightFuture::Admitted(inner, slot) => {
+                let response = std::task::ready!(Pin::new(inner).poll(cx));
+                drop(slot.take());
+                Poll::Ready(response)
+            }
+        }
     }
 }

@@ -189,3 +189,17 @@ async fn idle_connections_are_capped_and_closed_after_the_idle_timeout() {
     assert_eq!(pool.idle_connections(), 0);
     assert_eq!(seen.closed.load(Ordering::SeqCst), accepted);
 }
+
+#[tokio::test]
+async fn sending_is_a_small_future_that_opens_connections_out_of_line() {
+    // Every request's future carries this one inline and is moved as a whole (into
+    // hyper's task, into a Box): opening a connection must not be inline in it.
+    let pool = pool(Duration::from_secs(90), 256);
+    let request = Request::get("http://127.0.0.1:9/")
+        .body(Either::Right(Full::new(Bytes::new())))
+        .unwrap();
+    let send = pool.send(request);
+    let size = std::mem::size_of_val(&send);
+    eprintln!("Pool::send future: {size} bytes");
+    assert!(size <= 1536, "Pool::send future is {size} bytes");
+}

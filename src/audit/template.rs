@@ -11,8 +11,23 @@ const MAX_SEGMENT_LEN: usize = 48;
 
 /// The template of `path` (no query).
 pub fn template(path: &str) -> String {
-    let path = path.split('?').next().unwrap_or_default();
     let mut out = String::with_capacity(path.len().min(128));
+    push_template(&mut out, path);
+    out
+}
+
+/// `METHOD template`, the audit's endpoint key, built in one allocation.
+pub fn endpoint(method: &str, path: &str) -> String {
+    let mut out = String::with_capacity(method.len() + 1 + path.len().min(128));
+    out.push_str(method);
+    out.push(' ');
+    push_template(&mut out, path);
+    out
+}
+
+fn push_template(out: &mut String, path: &str) {
+    let path = path.split('?').next().unwrap_or_default();
+    let start = out.len();
     for (i, segment) in path.split('/').skip(1).enumerate() {
         if i == MAX_SEGMENTS {
             out.push_str("/…");
@@ -21,10 +36,12 @@ pub fn template(path: &str) -> String {
         out.push('/');
         if is_id(segment) {
             out.push_str(":id");
+        } else if segment.bytes().all(readable) {
+            out.push_str(segment);
         } else {
             // Keep readable names, drop anything odd byte by byte.
             out.extend(segment.chars().map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '%' | ':') {
+                if c.is_ascii() && readable(c as u8) {
                     c
                 } else {
                     '?'
@@ -32,10 +49,13 @@ pub fn template(path: &str) -> String {
             }));
         }
     }
-    if out.is_empty() {
+    if out.len() == start {
         out.push('/');
     }
-    out
+}
+
+fn readable(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'%' | b':')
 }
 
 fn is_id(segment: &str) -> bool {

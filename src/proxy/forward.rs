@@ -36,7 +36,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         flow: Flow<'_>,
     ) -> Result<Response<ResponseBody<U::Body>>, ProxyError> {
         let (parts, body) = req.into_parts();
-        let out = Outbound::from_parts(parts, target, instance, self.peer);
+        let out = Outbound::from_parts(parts, target, instance, &self.peer);
         let Some(pacing) = Pacing::new(self.routes.shaping.get(instance), flow) else {
             let request = out.into_request(credential, RequestBody::streaming(body).send_body());
             let response = send(&*self.upstream, &self.routes, request, instance).await?;
@@ -102,7 +102,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                 upstream: Arc::clone(&self.upstream),
                 caller: Arc::clone(&caller),
                 client: Arc::clone(client),
-                request: Outbound::new(method, target, headers, &client.instance, self.peer),
+                request: Outbound::new(method, target, headers, &client.instance, &self.peer),
                 endpoint: endpoint.to_owned(),
                 key_status: response.status().as_u16(),
             };
@@ -152,7 +152,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             None => (OauthRoute::Oauth, 0),
         };
         let (parts, body) = req.into_parts();
-        let out = Outbound::from_parts(parts, target, instance, self.peer);
+        let out = Outbound::from_parts(parts, target, instance, &self.peer);
         // A body buffered for a replay holds its share of the budget until this request
         // is done; with the budget used up, it streams (no key fallback for it).
         let (limit, _budget) = match body.size_hint().exact() {

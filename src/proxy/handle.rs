@@ -2,7 +2,6 @@
 //! response (logged by fault), record it.
 
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,10 +12,11 @@ use http_body::Body as _;
 use http_body_util::Either;
 
 use super::handled::{Handled, Who};
+use super::peer::Peer;
 use super::record::{self, Done};
 use super::send::Upstream;
 use super::uri;
-use crate::audit::template::template;
+use crate::audit::template::endpoint;
 use crate::body::{CallerBody, Inbound, ResponseBody};
 use crate::config::Forwarding;
 use crate::error::{Fault, ProxyError};
@@ -27,7 +27,7 @@ use crate::routes::Routes;
 pub(super) struct Proxy<U, B> {
     pub(super) routes: Arc<Routes>,
     pub(super) upstream: Arc<U>,
-    pub(super) peer: SocketAddr,
+    pub(super) peer: Peer,
     pub(super) body: PhantomData<fn(B)>,
 }
 
@@ -38,11 +38,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         req: Request<CallerBody<B>>,
     ) -> Response<ResponseBody<U::Body>> {
         let started = Instant::now();
-        let endpoint = format!(
-            "{} {}",
-            method_label(req.method()),
-            template(req.uri().path())
-        );
+        let endpoint = endpoint(method_label(req.method()), req.uri().path());
         let user_agent = req.headers().get(USER_AGENT).cloned();
         let handled = match admit(&req, &self.routes.config.forwarding) {
             Ok(target) => self.dispatch(req, target, &endpoint).await,
@@ -63,7 +59,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                 fallback_status: handled.fallback_status,
                 endpoint: &endpoint,
                 status: response.status().as_u16(),
-                peer: self.peer,
+                peer: self.peer.addr,
                 user_agent: user_agent.as_ref(),
                 started,
             },

@@ -7,13 +7,13 @@
 //! Framing headers (`Content-Length`, `Transfer-Encoding`) are never copied into the
 //! upstream request: hyper derives them from the body, which closes off CL/TE games.
 
-use std::net::IpAddr;
-
 use http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::peer::Peer;
 
 /// The legacy key header.
 pub static X_COUPA_API_KEY: HeaderName = HeaderName::from_static("x-coupa-api-key");
@@ -31,8 +31,42 @@ static OVERRIDES: [HeaderName; 5] = [
     HeaderName::from_static("forwarded"),
 ];
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and the old `Keep-Alive`/`Proxy-Connection`).
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &PROXY_AUTHENTICATE,
+    &PROXY_AUTHORIZATION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+];
+
+/// What never goes upstream besides the hop-by-hop set: the key, `Host` (the client
+/// sets it from the instance URI), framing (hyper's to generate), `Expect` (100-continue
+/// was settled with the caller already) and the override headers.
+static NOT_FORWARDED: [&HeaderName; 9] = [
+    &X_COUPA_API_KEY,
+    &HOST,
+    &CONTENT_LENGTH,
+    &EXPECT,
+    &OVERRIDES[0],
+    &OVERRIDES[1],
+    &OVERRIDES[2],
+    &OVERRIDES[3],
+    &OVERRIDES[4],
+];
+
 /// Removes the headers `Connection` lists, then the hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_connection_listed(headers);
+    remove_present(headers, &HOP_BY_HOP, &[], false);
+}
+
+/// Removes the headers every `Connection` line names.
+fn strip_connection_listed(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -45,17 +79,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ] {
+}
+
+/// Removes every header of `first` and `second` that `headers` holds, and with
+/// `odd_keys` every other spelling of the key: one pass over the (few) names present,
+/// then a removal for each one found, instead of a hash lookup per name listed.
+fn remove_present(
+    headers: &mut HeaderMap,
+    first: &[&'static HeaderName],
+    second: &[&'static HeaderName],
+    odd_keys: bool,
+) {
+    debug_assert!(first.len() + second.len() <= 32, "the found set is a u32");
+    let mut found = 0u32;
+    let mut odd: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if let Some(i) = first.iter().chain(second).position(|n| *n == name) {
+            found |= 1 << i;
+        } else if odd_keys && is_api_key_header(name) {
+            odd.push(name.clone()); // rare: allocates only for an odd spelling
+        }
+    }
+    for (i, name) in first.iter().chain(second).enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
+    for name in odd {
         headers.remove(name);
     }
 }
@@ -70,31 +120,13 @@ pub fn is_api_key_header(name: &HeaderName) -> bool {
             .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
 }
 
-/// Removes every API key header, including odd spellings.
-pub fn strip_api_keys(headers: &mut HeaderMap) {
-    headers.remove(&X_COUPA_API_KEY);
-    let odd: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().len() == 15 && is_api_key_header(n))
-        .cloned()
-        .collect();
-    for name in odd {
-        headers.remove(name);
-    }
-}
-
 /// What every forwarded request gets: hop-by-hop headers, key headers (any spelling),
-/// `Host`, framing and `Expect` removed; the caller's address appended to
-/// `X-Forwarded-For`. The caller's `Authorization` is left for the caller to decide on.
-pub fn sanitize_request(headers: &mut HeaderMap, peer: IpAddr) {
-    strip_hop_by_hop(headers);
-    strip_api_keys(headers);
-    headers.remove(HOST); // the client sets it from the instance URI
-    headers.remove(CONTENT_LENGTH); // framing is hyper's to generate
-    headers.remove(EXPECT); // 100-continue was settled with the caller already
-    for name in &OVERRIDES {
-        headers.remove(name);
-    }
+/// `Host`, framing, `Expect` and the override headers removed; the caller's address
+/// appended to `X-Forwarded-For`. The caller's `Authorization` is left for the caller to
+/// decide on.
+pub fn sanitize_request(headers: &mut HeaderMap, peer: &Peer) {
+    strip_connection_listed(headers);
+    remove_present(headers, &HOP_BY_HOP, &NOT_FORWARDED, true);
     append_forwarded_for(headers, peer);
 }
 
@@ -126,7 +158,11 @@ pub fn set_credential(headers: &mut HeaderMap, credential: Credential<'_>) {
 }
 
 /// Appends the caller's address to `X-Forwarded-For`.
-fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(&X_FORWARDED_FOR, peer.forwarded.clone());
+        return;
+    }
     // Several header lines form one list (RFC 9110 §5.3); keep all of them.
     let prior: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -136,9 +172,9 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
         .filter(|v| !v.is_empty())
         .collect();
     let value = if prior.is_empty() {
-        peer.to_string()
+        peer.addr.ip().to_string()
     } else {
-        format!("{}, {peer}", prior.join(", "))
+        format!("{}, {}", prior.join(", "), peer.addr.ip())
     };
     headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::try_from(value) {
@@ -160,8 +196,11 @@ mod tests {
     use super::*;
 
     /// What the OAuth path does to a caller's headers: sanitize, then our bearer.
-    fn rewrite_request(headers: &mut HeaderMap, bearer: &HeaderValue, peer: IpAddr) {
-        sanitize_request(headers, peer);
+    fn rewrite_request(headers: &mut HeaderMap, bearer: &HeaderValue, peer: &str) {
+        sanitize_request(
+            headers,
+            &Peer::new(std::net::SocketAddr::new(peer.parse().unwrap(), 1)),
+        );
         set_credential(headers, Credential::Bearer(bearer));
     }
 
@@ -192,7 +231,7 @@ mod tests {
             ("accept", "application/xml"),
         ]);
         let bearer = HeaderValue::from_static("Bearer t");
-        rewrite_request(&mut h, &bearer, "10.0.0.1".parse().unwrap());
+        rewrite_request(&mut h, &bearer, "10.0.0.1");
         assert_eq!(
             h.get_all(AUTHORIZATION).iter().collect::<Vec<_>>(),
             [&bearer]
@@ -221,7 +260,10 @@ mod tests {
             ("authorization", "Basic Zm9v"),
             ("connection", "x-coupa-api-key"),
         ]);
-        sanitize_request(&mut h, "10.0.0.1".parse().unwrap());
+        sanitize_request(
+            &mut h,
+            &Peer::new(std::net::SocketAddr::new("10.0.0.1".parse().unwrap(), 1)),
+        );
         let key = HeaderValue::from_static("k");
         set_credential(&mut h, Credential::Key(&key));
         assert_eq!(
@@ -234,11 +276,7 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
-        rewrite_request(
-            &mut h,
-            &HeaderValue::from_static("Bearer t"),
-            "::1".parse().unwrap(),
-        );
+        rewrite_request(&mut h, &HeaderValue::from_static("Bearer t"), "::1");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, ::1");
     }
 

@@ -22,6 +22,7 @@ mod handled;
 pub mod headers;
 mod outbound;
 mod pace;
+mod peer;
 mod record;
 mod retry;
 mod send;
@@ -31,5 +32,6 @@ mod shadow;
 mod tests;
 pub mod uri;
 
+pub use peer::Peer;
 pub use send::{ServiceUpstream, Upstream};
 pub use service::ProxyService;

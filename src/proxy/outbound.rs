@@ -1,8 +1,6 @@
 //! The request as Coupa will get it: the instance's origin with the caller's path and
 //! query, sanitized headers, one credential; and Coupa's response as the caller gets it.
 
-use std::net::SocketAddr;
-
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
@@ -10,6 +8,7 @@ use http_body::Body as _;
 use http_body_util::Either;
 
 use super::headers::{self, Credential};
+use super::peer::Peer;
 use crate::body::{Inbound, ResponseBody, UpstreamBody};
 use crate::config::Instance;
 
@@ -27,9 +26,9 @@ impl Outbound {
         target: PathAndQuery,
         mut headers: HeaderMap,
         instance: &Instance,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Self {
-        headers::sanitize_request(&mut headers, peer.ip());
+        headers::sanitize_request(&mut headers, peer);
         Outbound {
             method,
             uri: instance.uri_for(target),
@@ -42,7 +41,7 @@ impl Outbound {
         parts: Parts,
         target: PathAndQuery,
         instance: &Instance,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Self {
         Self::new(parts.method, target, parts.headers, instance, peer)
     }

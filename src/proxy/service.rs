@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 
 use super::handle::Proxy;
+use super::peer::Peer;
 use super::send::Upstream;
 use crate::body::{IdleTimeout, Inbound, ResponseBody};
 use crate::routes::Routes;
@@ -26,7 +27,7 @@ use crate::routes::Routes;
 pub struct ProxyService<U> {
     routes: Arc<ArcSwap<Routes>>,
     upstream: Arc<U>,
-    peer: SocketAddr,
+    peer: Peer,
 }
 
 impl<U> Clone for ProxyService<U> {
@@ -34,7 +35,7 @@ impl<U> Clone for ProxyService<U> {
         ProxyService {
             routes: Arc::clone(&self.routes),
             upstream: Arc::clone(&self.upstream),
-            peer: self.peer,
+            peer: self.peer.clone(),
         }
     }
 }
@@ -44,7 +45,7 @@ impl<U> ProxyService<U> {
         ProxyService {
             routes,
             upstream,
-            peer,
+            peer: Peer::new(peer),
         }
     }
 }
@@ -65,7 +66,7 @@ impl<B: Inbound, U: Upstream<B>> tower::Service<Request<B>> for ProxyService<U> 
         let proxy = Proxy {
             routes,
             upstream: Arc::clone(&self.upstream),
-            peer: self.peer,
+            peer: self.peer.clone(),
             body: PhantomData,
         };
         Box::pin(async move { Ok(proxy.handle(req).await) })

@@ -114,7 +114,9 @@ impl Upstream for Pool {
         loop {
             let taken = match shared.take(origin) {
                 Some(taken) => taken,
-                None => shared.open(origin, https, &authority).await?,
+                // Boxed: opening a connection (DNS, TCP, TLS, handshake) is a large
+                // future, and every request's future would otherwise carry it inline.
+                None => Box::pin(shared.open(origin, https, &authority)).await?,
             };
             match taken {
                 Taken::Http1 { mut sender, reused } => {
