@@ -36,7 +36,10 @@ for i, line in enumerate(open(sys.argv[1])):
     print(f"  - {{name: k{i}, api_key_sha256: {hashlib.sha256(key.encode()).hexdigest()}, client: c{i % 20}}}")
 PY
   echo "token: {settle_delay: 0s}"
-  echo "server: {access_log: false, workers: ${WORKERS:-0}}"   # logging off, like nginx/haproxy here
+  # Logging off, like nginx/haproxy here. All bench load comes from 127.0.0.1, i.e. one
+  # "caller": the per-address caps (meant against one hostile source) are raised so
+  # extra.sh's 1000 connections measure memory, not the cap.
+  echo "server: {access_log: false, workers: ${WORKERS:-0}, max_connections_per_ip: 4096, max_in_flight_per_ip: 4096}"
   echo "upstream: {pool_max_idle_per_host: 64}"   # per worker: 2 × 64 = nginx's keepalive 128
   if [ "$audit" = fleet ]; then
     echo "audit: {enabled: true, postgres_url: '${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/test}'}"

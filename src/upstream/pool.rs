@@ -26,6 +26,7 @@ use hyper::client::conn::{http1, http2};
 use tokio::time::Instant;
 
 use super::connect::{Connector, Fresh};
+use super::tls::{TlsSetupError, tls_client_config};
 use crate::body::{BoxError, UpstreamBody};
 use crate::config::UpstreamSettings;
 use crate::proxy::Upstream;
@@ -84,8 +85,8 @@ struct NoOrigin;
 
 impl Pool {
     /// An empty pool; fails only on a bad `upstream.ca_file`.
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, super::TlsSetupError> {
-        let tls = super::tls_client_config("upstream.ca_file", settings.ca_file.as_deref())?;
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, TlsSetupError> {
+        let tls = tls_client_config("upstream.ca_file", settings.ca_file.as_deref())?;
         Ok(Pool {
             shared: Arc::new(Shared {
                 connector: Connector::new(tls, settings.connect_timeout),
