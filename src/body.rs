@@ -53,6 +53,15 @@ impl<B: Inbound> RequestBody<B> {
         RequestBody::Streaming(Some(body))
     }
 
+    /// Streams, or nothing to send for a body already at its end.
+    pub fn unbuffered(body: CallerBody<B>) -> Self {
+        if body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            RequestBody::Streaming(Some(body))
+        }
+    }
+
     /// Buffers the body if it is known to be at most `limit` bytes.
     pub async fn replayable(body: CallerBody<B>, limit: u64) -> Result<Self, BoxError> {
         if body.is_end_stream() {

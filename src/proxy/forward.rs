@@ -42,11 +42,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             let response = send(&*self.upstream, &self.routes, request, instance).await?;
             return Ok(pass_back(response));
         };
-        let mut body = if body.is_end_stream() {
-            RequestBody::Empty
-        } else {
-            RequestBody::streaming(body)
-        };
+        let mut body = RequestBody::unbuffered(body);
         let response = self
             .send_paced(&pacing, &out, &mut body, credential, instance)
             .await?;
@@ -134,9 +130,9 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                 if let Some(key) = fallback_key {
                     // A canary must not break its caller over our token trouble.
                     tracing::warn!(integration = %caller.integration.name, client = %client.name, error = %source, "no token; canary request sent with the key");
-                    let result = self
-                        .forward(req, target, instance, Credential::Key(key), flow)
-                        .await;
+                    let result =
+                        Box::pin(self.forward(req, target, instance, Credential::Key(key), flow))
+                            .await;
                     return Handled::new(who(), Outcome::ApiKey, result);
                 }
                 return Handled::rejected(who(), ProxyError::token(&client.name, source));
@@ -168,7 +164,13 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             }
             _ => (limit, None),
         };
-        let mut body = match RequestBody::replayable(body, limit).await {
+        // Buffering (canary only) is boxed: out of every oauth request's future.
+        let body = if limit == 0 {
+            Ok(RequestBody::unbuffered(body))
+        } else {
+            Box::pin(RequestBody::replayable(body, limit)).await
+        };
+        let mut body = match body {
             Ok(body) => body,
             // A body that stalled while being buffered is a 408, as when streamed.
             Err(e) if e.is::<BodyIdle>() => {
@@ -187,12 +189,12 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         };
         let status = response.status();
         if token_refused(status) {
-            tokens.refused(&client.name, token.serial).await;
+            Box::pin(tokens.refused(&client.name, token.serial)).await; // rare: out of line
         }
         let resend = match next_step(route, status, body.can_replay(), 0) {
             Step::PassBack => None,
             Step::FallBackToKey => fallback_key.map(Resend::WithKey),
-            Step::RetryWithFreshToken => match tokens.get(&client.name).await {
+            Step::RetryWithFreshToken => match Box::pin(tokens.get(&client.name)).await {
                 Ok(fresh) if fresh.serial != token.serial => Some(Resend::WithToken(fresh)),
                 _ => None,
             },
@@ -220,10 +222,11 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                 )
             }
         };
-        let result = self
-            .send_out(pacing.as_ref(), &out, &mut body, credential, instance)
-            .await
-            .map(pass_back);
+        // The second send is rare: boxed, out of every request's future.
+        let result =
+            Box::pin(self.send_out(pacing.as_ref(), &out, &mut body, credential, instance))
+                .await
+                .map(pass_back);
         Handled {
             result,
             who: who(),

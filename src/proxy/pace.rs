@@ -72,7 +72,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                 return Ok(response);
             }
             let told = retry_after(response.headers());
-            shaper.coupa_refused(told).await;
+            Box::pin(shaper.coupa_refused(told)).await; // rare: kept out of every request's future
             let backoff = told.unwrap_or_else(|| jittered(BASE_BACKOFF * 2u32.pow(attempt)));
             let may_resend = body.can_replay()
                 && attempt < MAX_RETRIES
@@ -85,7 +85,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             }
             tracing::debug!(instance = %instance.name, integration = %flow.name, status = status.as_u16(), backoff_ms = backoff.as_millis(), "Coupa is limiting; sending again after a backoff");
             drop(response);
-            tokio::time::sleep(backoff).await;
+            Box::pin(tokio::time::sleep(backoff)).await;
             attempt += 1;
         }
     }

@@ -223,5 +223,5 @@ async fn the_request_future_stays_small() {
         ))
         .unwrap();
     let size = std::mem::size_of_val(&proxy.handle(req));
-    assert!(size <= 6 * 1024, "the request future is {size} bytes");
+    assert!(size <= 5 * 1024, "the request future is {size} bytes");
 }
