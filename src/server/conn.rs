@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -35,22 +35,74 @@ impl Deadlines {
     }
 }
 
-/// HTTP/1.1 + HTTP/2 (prior knowledge) with header-read timeout and keep-alive.
-pub(super) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .keep_alive(true)
-        // Small responses: one flattened write beats a writev of head + body slices.
-        .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
+/// How connections are served: HTTP/1.1, or HTTP/2 where the caller asks for it (ALPN
+/// `h2` over TLS, the prior-knowledge preface in cleartext). Each connection goes
+/// straight to hyper's HTTP/1 or HTTP/2 server, without hyper-util's `auto` layer:
+/// deciding here needs no bytes taken from the socket, so HTTP/1 reads its first
+/// request head in one go into a single 8 KiB buffer (behind `auto`'s rewind the
+/// buffer doubled to 16 KiB on the first request, kept for the connection's life), and
+/// a connection's task holds only the protocol it speaks (bench/README.md, issue 14).
+#[derive(Clone)]
+pub(super) struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    /// HTTP/1.1 with header-read timeout and keep-alive; HTTP/2 with at most 256
+    /// concurrent streams and pings every 30 s.
+    pub(super) fn of(settings: &ServerSettings) -> Arc<Self> {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .keep_alive(true)
+            // Small responses: one flattened write beats a writev of head + body slices.
+            .writev(false);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Arc::new(Protocols { http1, http2 })
+    }
+}
+
+/// The protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long to wait before looking again at a cleartext connection whose first bytes
+/// are so far only the start of the HTTP/2 preface.
+const SNIFF_RETRY: Duration = Duration::from_millis(5);
+
+/// The protocol a cleartext caller speaks, told from its first bytes without taking
+/// them from the socket: HTTP/2 once the whole preface is there, HTTP/1 at the first
+/// byte that departs from it (an HTTP/1 request departs at its first or second byte).
+/// `None` if the caller closed without sending anything. Callers bound it in time.
+pub(super) async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+    let mut first = [0_u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        let seen = &first[..n];
+        if n == 0 {
+            return Ok(None);
+        }
+        if !H2_PREFACE.starts_with(seen) {
+            return Ok(Some(Protocol::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
+        // Only part of the preface has arrived; peeking again at once would spin.
+        tokio::time::sleep(SNIFF_RETRY).await;
+    }
 }
 
 /// Serves `stream` on a task watched by `graceful`: after a TLS handshake bounded by
@@ -61,7 +113,7 @@ pub(super) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     reason = "one call site per listener kind; each argument is distinct"
 )]
 pub(super) fn spawn<S, B>(
-    builder: &auto::Builder<TokioExecutor>,
+    protocols: &Arc<Protocols>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -78,39 +130,156 @@ pub(super) fn spawn<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder.clone();
-    let watcher = graceful.watcher();
-    let activity = Activity::new();
-    let service = Tracked::new(service, Arc::clone(&activity));
+    let conn = Conn {
+        protocols: Arc::clone(protocols),
+        watcher: graceful.watcher(),
+        activity: Activity::new(),
+        deadlines,
+        peer,
+    };
     tokio::spawn(async move {
         let result = match tls {
-            None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                until_idle(watcher.watch(conn.into_owned()), &activity, deadlines, peer).await
-            }
-            Some(acceptor) => {
-                match tokio::time::timeout(deadlines.header_read, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let conn = builder.serve_connection(TokioIo::new(tls), service);
-                        until_idle(watcher.watch(conn.into_owned()), &activity, deadlines, peer)
-                            .await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        Ok(())
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        Ok(())
-                    }
-                }
-            }
+            None => conn.plain(stream, service).await,
+            // Boxed: the handshake's state would otherwise enlarge every connection's
+            // task, cleartext ones included.
+            Some(acceptor) => Box::pin(conn.tls(acceptor, stream, service)).await,
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
         drop(open);
     });
+}
+
+/// One accepted connection, before it is handed to hyper.
+struct Conn {
+    protocols: Arc<Protocols>,
+    watcher: Watcher,
+    activity: Arc<Activity>,
+    deadlines: Deadlines,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// The time left for the first request head (which the protocol decision and a TLS
+    /// handshake come out of).
+    fn head_time_left(&self) -> Duration {
+        self.activity
+            .deadline(self.deadlines.header_read, self.deadlines.idle)
+            .map_or(self.deadlines.header_read, |due| {
+                due.saturating_duration_since(tokio::time::Instant::now())
+            })
+    }
+
+    async fn plain<S, B>(self, stream: TcpStream, service: S) -> Result<(), hyper::Error>
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let peer = self.peer;
+        match tokio::time::timeout(self.head_time_left(), sniff(&stream)).await {
+            Ok(Ok(Some(Protocol::Http1))) => self.http1(stream, service).await,
+            // Boxed: rare in cleartext, and larger than an HTTP/1 connection.
+            Ok(Ok(Some(Protocol::Http2))) => Box::pin(self.http2(stream, service)).await,
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection failed before its first request");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "closing a connection that sent no request in time");
+                Ok(())
+            }
+        }
+    }
+
+    async fn tls<S, B>(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        service: S,
+    ) -> Result<(), hyper::Error>
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let peer = self.peer;
+        match tokio::time::timeout(self.head_time_left(), acceptor.accept(stream)).await {
+            // HTTP/2 over TLS is chosen by ALPN (RFC 9113 §3.2); anything else is HTTP/1.
+            Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                self.http2(tls, service).await
+            }
+            Ok(Ok(tls)) => self.http1(tls, service).await,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                Ok(())
+            }
+        }
+    }
+
+    async fn http1<I, S, B>(self, io: I, service: S) -> Result<(), hyper::Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let service = Tracked::new(service, Arc::clone(&self.activity));
+        let conn = self
+            .protocols
+            .http1
+            .serve_connection(TokioIo::new(io), service);
+        until_idle(
+            self.watcher.watch(conn),
+            &self.activity,
+            self.deadlines,
+            self.peer,
+        )
+        .await
+    }
+
+    async fn http2<I, S, B>(self, io: I, service: S) -> Result<(), hyper::Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let service = Tracked::new(service, Arc::clone(&self.activity));
+        let conn = self
+            .protocols
+            .http2
+            .serve_connection(TokioIo::new(io), service);
+        until_idle(
+            self.watcher.watch(conn),
+            &self.activity,
+            self.deadlines,
+            self.peer,
+        )
+        .await
+    }
 }
 
 /// Drives `conn` until it ends, or closes it (by dropping it) once `activity` has been
@@ -176,7 +345,7 @@ pub async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder(&settings);
+    let protocols = Protocols::of(&settings);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -184,7 +353,7 @@ pub async fn serve<F, S, B>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn(&builder, &graceful, stream, None, Deadlines::of(&settings), peer, make_service(peer), None);
+                    spawn(&protocols, &graceful, stream, None, Deadlines::of(&settings), peer, make_service(peer), None);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -202,4 +371,74 @@ pub async fn serve<F, S, B>(
 pub(super) async fn signalled(mut rx: watch::Receiver<bool>) {
     // An Err means the sender is gone, which also means "stop".
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        reason = "tests fail by panicking"
+    )]
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    /// Connects to a fresh listener, writes `parts` with a pause between them, and
+    /// returns what `sniff` decided on the server side, and the bytes still unread.
+    async fn sniffed(parts: &[&[u8]]) -> (Option<Protocol>, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        let client = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            for part in parts {
+                stream.write_all(&part).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            stream.shutdown().await.unwrap();
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let protocol = tokio::time::timeout(Duration::from_secs(5), sniff(&stream))
+            .await
+            .expect("sniff decides within the test's bound")
+            .unwrap();
+        client.await.unwrap();
+        let mut rest = Vec::new();
+        let mut stream = stream;
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
+            .await
+            .unwrap();
+        (protocol, rest)
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_is_told_apart_without_taking_its_bytes() {
+        let head = b"GET /api/invoices HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            sniffed(&[head]).await,
+            (Some(Protocol::Http1), head.to_vec())
+        );
+        // POST/PUT/PATCH share the preface's first byte and depart at the second.
+        let post = b"POST /api/invoices HTTP/1.1\r\n";
+        assert_eq!(sniffed(&[post]).await.0, Some(Protocol::Http1));
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_recognised_even_when_it_arrives_in_pieces() {
+        let (first, rest) = H2_PREFACE.split_at(5);
+        let (protocol, unread) = sniffed(&[first, rest, b"frames"]).await;
+        assert_eq!(protocol, Some(Protocol::Http2));
+        assert_eq!(unread, [&H2_PREFACE[..], b"frames"].concat());
+    }
+
+    #[tokio::test]
+    async fn a_start_of_the_preface_that_goes_astray_is_http1_and_silence_is_nothing() {
+        assert_eq!(
+            sniffed(&[b"PRI * HTTP", b"/1.1\r\n"]).await.0,
+            Some(Protocol::Http1)
+        );
+        assert_eq!(sniffed(&[]).await, (None, Vec::new()));
+    }
 }

@@ -61,7 +61,7 @@ impl Worker {
         mut handoffs: mpsc::UnboundedReceiver<Handoff>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let builder = conn::builder(&self.settings);
+        let protocols = conn::Protocols::of(&self.settings);
         let graceful = GracefulShutdown::new();
         let stop = conn::signalled(shutdown);
         tokio::pin!(stop);
@@ -76,7 +76,7 @@ impl Worker {
                         open.in_flight(),
                     ));
                     conn::spawn(
-                        &builder,
+                        &protocols,
                         &graceful,
                         stream,
                         self.tls.clone(),
