@@ -63,6 +63,8 @@ async fn run(path: &Path) -> Result<(), Failure> {
     if let Err(e) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
         tracing::warn!(error = %e, "cannot turn core dumps off");
     }
+    // What parsing and building the config frees goes back to the OS until it is ready.
+    let prompt_release = crate::memory::PromptRelease::start();
     let config =
         Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))?;
     for warning in &config.warnings {
@@ -75,6 +77,7 @@ async fn run(path: &Path) -> Result<(), Failure> {
     let running = crate::server::start_with_file(config, Some(source))
         .await
         .map_err(anyhow::Error::from)?;
+    drop(prompt_release);
     let core = Arc::clone(&running.core);
     let _reloader = tokio::spawn(reload_on_sighup(core));
     shutdown_signal().await;

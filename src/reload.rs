@@ -127,8 +127,10 @@ impl Core {
     /// Reloads from the file keybridge was started with.
     pub async fn reload_from_file(&self) -> Result<ReloadSummary, ReloadError> {
         let source = self.source.as_ref().ok_or(ReloadError::NoConfigFile)?;
-        let config = Config::load_with_env(&source.path, &*source.env)?;
-        self.reload(config).await
+        let parsing = crate::memory::PromptRelease::start();
+        let config = Config::load_with_env(&source.path, &*source.env);
+        drop(parsing);
+        self.reload(config?).await
     }
 
     /// Switches to `next` without dropping a request: new or changed clients get a

@@ -206,7 +206,6 @@ pub async fn start_with_file(
         workers = worker_count,
         "keybridge listening"
     );
-    crate::memory::release_freed(); // what parsing and building the config left behind
     Ok(Running {
         proxy_addr,
         admin_addr,
