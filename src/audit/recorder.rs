@@ -166,16 +166,23 @@ fn add_capped<K: std::hash::Hash + Eq>(map: &mut Map<K, u64>, k: K, n: u64, cap:
     }
 }
 
-/// One integration's aggregation slot.
+/// One integration's aggregation slot. The window is allocated on the first request
+/// after each flush: an integration that sends nothing costs a pointer, not a window
+/// (~330 bytes; 10 000 quiet integrations: 3.4 MB less).
 #[derive(Debug, Default)]
 pub struct Slot {
-    window: Mutex<Window>,
+    window: Mutex<Option<Box<Window>>>,
 }
 
 impl Slot {
-    fn lock(&self) -> MutexGuard<'_, Window> {
+    fn lock(&self) -> MutexGuard<'_, Option<Box<Window>>> {
         // A panic while holding the lock leaves counters, not invariants; keep going.
         self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the window, creating it if this is the first request since a flush.
+    fn with<T>(&self, f: impl FnOnce(&mut Window) -> T) -> T {
+        f(self.lock().get_or_insert_with(Box::default))
     }
 }
 
@@ -228,7 +235,7 @@ impl Recorder {
     /// Records a request of a configured integration.
     pub fn record_in(&self, slot: &Slot, event: &Event<'_>) {
         if self.enabled {
-            slot.lock().add(event, unix_now(), MAX_ENDPOINTS);
+            slot.with(|window| window.add(event, unix_now(), MAX_ENDPOINTS));
         }
     }
 
@@ -268,23 +275,24 @@ impl Recorder {
     /// Records a shadow replay's result.
     pub fn record_shadow(&self, slot: &Slot, endpoint: &str, key_status: u16, oauth_status: u16) {
         if self.enabled {
-            let mut window = slot.lock();
-            let key = capped_key(
-                &window.shadow,
-                (endpoint.to_owned(), key_status, oauth_status),
-                |k| (OTHER_ENDPOINTS.to_owned(), k.1, k.2),
-            );
-            *window.shadow.entry(key).or_default() += 1;
+            slot.with(|window| {
+                let key = capped_key(
+                    &window.shadow,
+                    (endpoint.to_owned(), key_status, oauth_status),
+                    |k| (OTHER_ENDPOINTS.to_owned(), k.1, k.2),
+                );
+                *window.shadow.entry(key).or_default() += 1;
+            });
         }
     }
 
-    /// Takes every non-empty window, leaving empty ones.
+    /// Takes every non-empty window, leaving none (the next request starts a new one).
     pub fn take(&self) -> Vec<(Subject, Window)> {
         let mut out = Vec::new();
         for (name, slot) in self.slots().iter() {
-            let w = std::mem::take(&mut *slot.lock());
-            if !w.is_empty() {
-                out.push((Subject::Integration(Arc::clone(name)), w));
+            let taken = slot.lock().take();
+            if let Some(w) = taken.filter(|w| !w.is_empty()) {
+                out.push((Subject::Integration(Arc::clone(name)), *w));
             }
         }
         let others = std::mem::take(&mut *self.others.lock().unwrap_or_else(|p| p.into_inner()));
@@ -300,7 +308,7 @@ impl Recorder {
             if let Subject::Integration(name) = &subject
                 && let Some(slot) = self.slot(name)
             {
-                merge(&mut slot.lock(), w, MAX_ENDPOINTS);
+                slot.with(|window| merge(window, w, MAX_ENDPOINTS));
                 continue;
             }
             let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
