@@ -50,13 +50,20 @@ echo "|---|---:|"
 echo "| startup to ready (config parse, 10k fingerprints, 20 token fetches) | $(( t1 - t0 )) ms |"
 echo "| RSS when ready | $(( $(status_kb "$pid" VmRSS) / 1024 )) MB |"
 
-# 2a. 1000 open, idle keep-alive connections (one request each, then held).
+# 2a. 1000 open, idle keep-alive connections (one request each, then held): opened 8 at
+# a time (how idle connections pile up), then all at once (a thundering herd: 1000
+# requests reach Coupa together, and the upstream pool fills to its idle cap).
 key=$(head -1 "$KEYS_TSV" | cut -f1)
-python3 idle_conns.py "$key" "$PROXY_PORT" "$CONNS" 4 >"$work/idle.out" &
-IDLE=$!; sleep 3
-echo "| RSS with $CONNS open idle keep-alive connections | $(( $(status_kb "$pid" VmRSS) / 1024 )) MB |"
-wait $IDLE
-echo "| … connections answered 200 | $(cat "$work/idle.out") |"
+up_conns() { ss -Htn state established "( dport = :${UPSTREAM_ADDR##*:} )" | wc -l; }
+for parallel in 8 "$CONNS"; do
+  python3 idle_conns.py "$key" "$PROXY_PORT" "$CONNS" 5 "$parallel" >"$work/idle.out" &
+  IDLE=$!; sleep 4
+  how=$([ "$parallel" = "$CONNS" ] && echo "all at once" || echo "$parallel at a time")
+  echo "| RSS with $CONNS open idle keep-alive connections (opened $how; $(up_conns) idle to Coupa) | $(( $(status_kb "$pid" VmRSS) / 1024 )) MB |"
+  wait $IDLE
+  echo "| … connections answered 200 | $(cat "$work/idle.out") |"
+  sleep 1
+done
 
 # 2b. 1000 connections under load; token fetches before/after.
 f0=$(fetches)
