@@ -21,7 +21,7 @@ cleanup() { for pg in "${PGS[@]}"; do kill -TERM -- "-$pg" 2>/dev/null || true; 
 trap cleanup EXIT INT TERM
 launch() { setsid "$@" >>"$work/$(basename "$1").log" 2>&1 </dev/null & LAST=$!; PGS+=("$LAST"); }
 stop() { kill -TERM -- "-$1" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -KILL -- "-$1" 2>/dev/null || true; }
-kb_pid() { pgrep -g "$1" -f "keybridge run" | head -1; }
+kb_pid() { pgrep -g "$1" -f " run --config" | head -1; }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 now_ms() { date +%s%3N; }
 

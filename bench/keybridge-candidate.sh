@@ -7,7 +7,8 @@
 #      WORKERS (default: one per CPU),
 #      SHAPING=far|off (default far: the instance's rate_limit on, 100000/s with a burst of
 #      100000, far above any load here, so its cost is measured without it throttling),
-#      TOKEN_URL (default: the upstream's /oauth2/token).
+#      TOKEN_URL (default: the upstream's /oauth2/token),
+#      AUDIT_FLUSH (the SQLite audit's flush_interval; default keybridge's 10 s).
 set -euo pipefail
 dir=$(mktemp -d)
 cfg=$dir/config.yaml
@@ -45,7 +46,7 @@ PY
     echo "audit: {enabled: true, postgres_url: '${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/test}'}"
     echo "fleet: {replica: bench, redis_url: '${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}', redis_prefix: 'keybridge-bench-$$:'}"
   elif [ "$audit" = on ]; then
-    echo "audit: {enabled: true, path: $dir/audit.db}"
+    echo "audit: {enabled: true, path: $dir/audit.db${AUDIT_FLUSH:+, flush_interval: $AUDIT_FLUSH}}"
   else
     echo "audit: {enabled: false}"
   fi
