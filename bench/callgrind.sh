@@ -13,7 +13,9 @@
 # switched on, the same CASE (get|post) requests are sent with wrk (key mode: every
 # request carries X-COUPA-API-KEY, one of the 1000 keys in turn) for RUN_SECONDS, it is
 # switched off, and the table reports instructions (Ir) / request, and the ratio to the
-# first candidate. Env: CASE (get), RUN_SECONDS (15), CONNS (4), KEEP (keep the .cg files).
+# first candidate, and heap allocations per request (calls into malloc/mimalloc counted from
+# the same callgrind file by cg_allocs.py, the whole process, audit included).
+# Env: CASE (get), RUN_SECONDS (15), CONNS (4), KEEP (keep the .cg files).
 # keybridge's audit flush is moved out of the window (flush_interval 1h): a flush costs by
 # the integrations it writes, not by requests, so inside a 15 s window it made the count
 # depend on how many requests valgrind managed (one flush or two, over 11k or 26k
@@ -39,7 +41,7 @@ trap 'kill -- -$UP 2>/dev/null || true; [ -n "$PG" ] && kill -KILL -- -$PG 2>/de
 sleep 0.5
 key=$(head -1 "$KEYS_TSV" | cut -f1)
 echo "# callgrind: case=$CASE ${SECONDS_RUN}s conns=$CONNS valgrind $(valgrind --version) $(date -Is)"
-printf '| candidate | case | requests | instructions (Ir) | Ir / request | ratio to %s |\n|---|---|---:|---:|---:|---:|\n' "$1"
+printf '| candidate | case | requests | instructions (Ir) | Ir / request | ratio to %s | heap allocations / request |\n|---|---|---:|---:|---:|---:|---:|\n' "$1"
 first=""
 i=0
 for cand in "$@"; do
@@ -80,8 +82,10 @@ for cand in "$@"; do
   [ "${bad:-1}" = 0 ] || { echo "$cand: $bad non-2xx responses" >&2; KEEP=1; exit 1; }
   ir=$(callgrind_annotate "$cg" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); if (!done) print $1; done = 1}')
   per=$(( ir / n ))
+  allocs=$(python3 "$BENCH/cg_allocs.py" "$cg")
   [ -n "$first" ] || first=$per
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$cand" "$CASE" "$n" "$ir" "$per" \
-    "$(awk -v a="$per" -v b="$first" 'BEGIN { printf "%.2f", a / b }')"
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$cand" "$CASE" "$n" "$ir" "$per" \
+    "$(awk -v a="$per" -v b="$first" 'BEGIN { printf "%.2f", a / b }')" \
+    "$(awk -v a="$allocs" -v b="$n" 'BEGIN { printf "%.1f", a / b }')"
 done
 [ -z "${KEEP:-}" ] || echo "callgrind files kept in $out"
