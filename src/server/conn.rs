@@ -79,8 +79,12 @@ pub(super) enum Protocol {
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long to wait before looking again at a cleartext connection whose first bytes
-/// are so far only the start of the HTTP/2 preface.
-const SNIFF_RETRY: Duration = Duration::from_millis(5);
+/// are so far only the start of the HTTP/2 preface: 5 ms, doubling up to 1 s, so a
+/// real client whose preface arrives in pieces waits a few ms, and a connection that
+/// sends "PRI" and stalls costs ~35 peeks before the header timeout (30 s) closes it,
+/// not thousands.
+const SNIFF_RETRY_FIRST: Duration = Duration::from_millis(5);
+const SNIFF_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The protocol a cleartext caller speaks, told from its first bytes without taking
 /// them from the socket: HTTP/2 once the whole preface is there, HTTP/1 at the first
@@ -88,6 +92,7 @@ const SNIFF_RETRY: Duration = Duration::from_millis(5);
 /// `None` if the caller closed without sending anything. Callers bound it in time.
 pub(super) async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
     let mut first = [0_u8; H2_PREFACE.len()];
+    let mut retry = SNIFF_RETRY_FIRST;
     loop {
         let n = stream.peek(&mut first).await?;
         let seen = &first[..n];
@@ -101,7 +106,8 @@ pub(super) async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol
             return Ok(Some(Protocol::Http2));
         }
         // Only part of the preface has arrived; peeking again at once would spin.
-        tokio::time::sleep(SNIFF_RETRY).await;
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(SNIFF_RETRY_MAX);
     }
 }
 
