@@ -2,10 +2,11 @@
 //!
 //! Parsing a large config (10 000 integrations) builds a YAML tree and intermediate
 //! structs that are freed straight away. mimalloc hands freed pages back to the OS only
-//! after a delay (`purge_delay`, 1 s in mimalloc 3, acted on only when a thread allocates
-//! or frees again), and the threads that load a config then go idle — so ~10 MB would stay resident for
-//! good (10 000 integrations: 36 MB at ready with the delay, 26 MB without). While a
-//! config loads, [`PromptRelease`] turns the delay off; the request path keeps it.
+//! after a delay (`purge_delay`, 1 s in mimalloc 3, acted on only when a thread
+//! allocates or frees again), and the threads that load a config then go idle — so
+//! ~10 MB would stay resident for good (10 000 integrations: 36 MB at ready with the
+//! delay, 26 MB without). While a config loads, [`PromptRelease`] turns the delay off;
+//! the request path keeps it.
 
 use std::os::raw::c_long;
 
@@ -35,14 +36,11 @@ impl PromptRelease {
 }
 
 impl Drop for PromptRelease {
-    #[allow(unsafe_code, reason = "FFI calls into the allocator")]
+    #[allow(unsafe_code, reason = "an FFI call into the allocator's option table")]
     fn drop(&mut self) {
-        // SAFETY: as in `start`; `mi_collect` takes no pointers, has no preconditions
-        // and only frees pages mimalloc itself owns and no longer uses.
-        unsafe {
-            libmimalloc_sys::mi_option_set(PURGE_DELAY, self.delay);
-            libmimalloc_sys::mi_collect(true);
-        }
+        // SAFETY: as in `start`.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, self.delay) };
+        release_freed();
     }
 }
 

@@ -42,7 +42,6 @@ impl Deadlines {
 /// request head in one go into a single 8 KiB buffer (behind `auto`'s rewind the
 /// buffer doubled to 16 KiB on the first request, kept for the connection's life), and
 /// a connection's task holds only the protocol it speaks (bench/README.md, issue 14).
-#[derive(Clone)]
 pub(super) struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
@@ -70,7 +69,7 @@ impl Protocols {
 
 /// The protocol a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Protocol {
+enum Protocol {
     Http1,
     Http2,
 }
@@ -90,7 +89,7 @@ const SNIFF_RETRY_MAX: Duration = Duration::from_secs(1);
 /// them from the socket: HTTP/2 once the whole preface is there, HTTP/1 at the first
 /// byte that departs from it (an HTTP/1 request departs at its first or second byte).
 /// `None` if the caller closed without sending anything. Callers bound it in time.
-pub(super) async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
     let mut first = [0_u8; H2_PREFACE.len()];
     let mut retry = SNIFF_RETRY_FIRST;
     loop {
@@ -189,9 +188,7 @@ impl Conn {
     {
         let peer = self.peer;
         match tokio::time::timeout(self.head_time_left(), sniff(&stream)).await {
-            Ok(Ok(Some(Protocol::Http1))) => self.http1(stream, service).await,
-            // Boxed: rare in cleartext, and larger than an HTTP/1 connection.
-            Ok(Ok(Some(Protocol::Http2))) => Box::pin(self.http2(stream, service)).await,
+            Ok(Ok(Some(protocol))) => self.serve(protocol, stream, service).await,
             Ok(Ok(None)) => Ok(()),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "connection failed before its first request");
@@ -221,11 +218,15 @@ impl Conn {
     {
         let peer = self.peer;
         match tokio::time::timeout(self.head_time_left(), acceptor.accept(stream)).await {
-            // HTTP/2 over TLS is chosen by ALPN (RFC 9113 §3.2); anything else is HTTP/1.
-            Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                self.http2(tls, service).await
+            Ok(Ok(tls)) => {
+                // HTTP/2 over TLS is chosen by ALPN (RFC 9113 §3.2); anything else is HTTP/1.
+                let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                };
+                self.serve(protocol, tls, service).await
             }
-            Ok(Ok(tls)) => self.http1(tls, service).await,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 Ok(())
@@ -237,7 +238,8 @@ impl Conn {
         }
     }
 
-    async fn http1<I, S, B>(self, io: I, service: S) -> Result<(), hyper::Error>
+    /// Serves `io` as `protocol` speaks it until the connection ends or idles out.
+    async fn serve<I, S, B>(self, protocol: Protocol, io: I, service: S) -> Result<(), hyper::Error>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -248,43 +250,27 @@ impl Conn {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let service = Tracked::new(service, Arc::clone(&self.activity));
-        let conn = self
-            .protocols
-            .http1
-            .serve_connection(TokioIo::new(io), service);
-        until_idle(
-            self.watcher.watch(conn),
-            &self.activity,
-            self.deadlines,
-            self.peer,
-        )
-        .await
-    }
-
-    async fn http2<I, S, B>(self, io: I, service: S) -> Result<(), hyper::Error>
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let service = Tracked::new(service, Arc::clone(&self.activity));
-        let conn = self
-            .protocols
-            .http2
-            .serve_connection(TokioIo::new(io), service);
-        until_idle(
-            self.watcher.watch(conn),
-            &self.activity,
-            self.deadlines,
-            self.peer,
-        )
-        .await
+        let Conn {
+            protocols,
+            watcher,
+            activity,
+            deadlines,
+            peer,
+        } = self;
+        let service = Tracked::new(service, Arc::clone(&activity));
+        let io = TokioIo::new(io);
+        match protocol {
+            Protocol::Http1 => {
+                let conn = protocols.http1.serve_connection(io, service);
+                until_idle(watcher.watch(conn), &activity, deadlines, peer).await
+            }
+            // Boxed: rarer, and larger than an HTTP/1 connection, which would otherwise
+            // carry its size in every connection's task.
+            Protocol::Http2 => {
+                let conn = protocols.http2.serve_connection(io, service);
+                Box::pin(until_idle(watcher.watch(conn), &activity, deadlines, peer)).await
+            }
+        }
     }
 }
 
