@@ -51,10 +51,12 @@ pub enum ProxyError {
     ClientBodyTimeout,
     #[error("could not read the request body")]
     ClientBody(#[source] BoxError),
-    #[error("method {0} is not supported by this proxy")]
-    MethodNotAllowed(http::Method),
-    #[error("protocol upgrades are not supported by this proxy")]
-    UpgradeRefused,
+    #[error("method {method} is not supported by this proxy")]
+    MethodNotAllowed {
+        method: http::Method,
+        /// The methods that are (`forwarding.methods`), for the `Allow` header.
+        allow: HeaderValue,
+    },
     #[error("path has dot, backslash or empty segments")]
     UnsafePath,
     #[error("path is outside forwarding.path_prefixes")]
@@ -118,8 +120,7 @@ impl ProxyError {
             | ProxyError::Denied { .. }
             | ProxyError::ClientBodyTimeout
             | ProxyError::ClientBody(_)
-            | ProxyError::MethodNotAllowed(_)
-            | ProxyError::UpgradeRefused
+            | ProxyError::MethodNotAllowed { .. }
             | ProxyError::UnsafePath
             | ProxyError::PathNotForwarded
             // The callers of an instance together sent more than its budget.
@@ -141,12 +142,11 @@ impl ProxyError {
             ProxyError::AmbiguousApiKey
             | ProxyError::MalformedApiKey
             | ProxyError::ClientBody(_)
-            | ProxyError::UpgradeRefused
             | ProxyError::UnsafePath => StatusCode::BAD_REQUEST,
             ProxyError::PathNotForwarded => StatusCode::NOT_FOUND,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Token { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamBadFraming { .. } => {
@@ -198,13 +198,9 @@ impl ProxyError {
                 "bad_request_body",
                 "the request body could not be read".into(),
             ),
-            ProxyError::MethodNotAllowed(m) => {
-                ("method_not_allowed", format!("{m} is not supported"))
+            ProxyError::MethodNotAllowed { method, .. } => {
+                ("method_not_allowed", format!("{method} is not supported"))
             }
-            ProxyError::UpgradeRefused => (
-                "upgrade_refused",
-                "protocol upgrades (Upgrade, h2c) are not supported".into(),
-            ),
             ProxyError::UnsafePath => (
                 "unsafe_path",
                 "paths with `.`/`..` segments (raw or percent-encoded), backslashes or empty segments are not forwarded".into(),
@@ -252,17 +248,35 @@ impl ProxyError {
         }
     }
 
-    /// The JSON error response for this failure.
+    /// The JSON error response for this failure, with the headers its status requires:
+    /// `WWW-Authenticate` on a 401 (RFC 9110 §15.5.2), `Allow` on a 405 (§15.5.6) and
+    /// `Retry-After` on a 429.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let (code, message) = self.code_and_message();
         let mut response = json_error(self.status(), code, &message);
-        if let ProxyError::Throttled { retry_after, .. } = self {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, retry_after_value(*retry_after));
+        let headers = response.headers_mut();
+        match self {
+            ProxyError::Throttled { retry_after, .. } => {
+                headers.insert(http::header::RETRY_AFTER, retry_after_value(*retry_after));
+            }
+            ProxyError::MethodNotAllowed { allow, .. } => {
+                headers.insert(http::header::ALLOW, allow.clone());
+            }
+            _ if self.status() == StatusCode::UNAUTHORIZED => {
+                headers.insert(http::header::WWW_AUTHENTICATE, api_key_challenge());
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// The challenge of keybridge's own 401s: a legacy client is expected to send its API
+/// key in the `X-COUPA-API-KEY` header. `Coupa-API-Key` is not a registered scheme (none
+/// exists for API-key headers); its `header` parameter names what to send, and clients
+/// that do not know the scheme treat the 401 as a plain refusal, as before.
+pub fn api_key_challenge() -> HeaderValue {
+    HeaderValue::from_static(r#"Coupa-API-Key realm="keybridge", header="X-COUPA-API-KEY""#)
 }
 
 /// `Retry-After` in whole seconds (at least 1).

@@ -35,6 +35,7 @@ const INTERESTING: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
+    "http2-settings",
     "host",
     "x-forwarded-for",
     "x-forwarded-host",
@@ -53,6 +54,7 @@ const HOP_BY_HOP: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
+    "http2-settings",
     "transfer-encoding",
 ];
 

@@ -297,7 +297,7 @@ async fn http2_callers_are_served_too() {
 }
 
 #[tokio::test]
-async fn connect_and_upgrade_are_refused() {
+async fn connect_is_refused_with_allow_and_an_upgrade_offer_is_ignored() {
     let (mock, proxy) = start_pair(mock(), "").await;
     let reply = raw_exchange(
         proxy.proxy_addr,
@@ -305,13 +305,24 @@ async fn connect_and_upgrade_are_refused() {
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("\r\nallow: get, post, put, patch, delete"),
+        "a 405 names what is allowed (RFC 9110 §15.5.6): {reply}"
+    );
+    assert_eq!(mock.api_hits(), 0);
+    // An h2c offer (Java's HttpClient makes one on every request): served over HTTP/1.1,
+    // never switched, and nothing of the offer reaches Coupa.
     let reply = raw_exchange(
         proxy.proxy_addr,
         format!("GET /api/invoices HTTP/1.1\r\nHost: x\r\nConnection: close, Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nX-COUPA-API-KEY: {KEY}\r\n\r\n").as_bytes(),
     )
     .await;
-    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
-    assert_eq!(mock.api_hits(), 0);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    for name in ["upgrade", "http2-settings", "connection"] {
+        assert!(seen[0].headers.get(name).is_none(), "{name} reached Coupa");
+    }
 }
 
 #[tokio::test]

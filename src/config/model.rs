@@ -57,6 +57,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarding {
     pub methods: Vec<http::Method>,
+    /// `methods` as the `Allow` header of a 405 (RFC 9110 §15.5.6), built once here.
+    pub allow: http::HeaderValue,
     /// Each starts with `/` and has no dot or empty segment.
     pub path_prefixes: Vec<String>,
 }

@@ -917,8 +917,14 @@ fn forwarding(raw: &RawForwarding, v: &mut Findings) -> Forwarding {
             "list at least one prefix (Coupa's API is `/api/`)",
         );
     }
+    let names: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+    // Methods are tokens (checked above), so the list is a valid header value; the
+    // empty value is only reached by a config already refused for an invalid method.
+    let allow = http::HeaderValue::from_str(&names.join(", "))
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""));
     Forwarding {
         methods,
+        allow,
         path_prefixes,
     }
 }

@@ -112,22 +112,26 @@ fn log_failure(who: &Who, endpoint: &str, err: &ProxyError) {
 
 /// Refuses what the proxy must not or cannot forward faithfully, and returns the target
 /// it will forward: only `forwarding.methods` (never CONNECT tunnels or TRACE echoes),
-/// no protocol upgrades (they would bypass the header rewrite), only paths under
-/// `forwarding.path_prefixes` and none another server could normalise elsewhere
-/// (`/api/../oauth2/token`), and no chunked GET/HEAD body (hyper would send it with no
-/// framing, i.e. drop it).
+/// only paths under `forwarding.path_prefixes` and none another server could normalise
+/// elsewhere (`/api/../oauth2/token`), and no chunked GET/HEAD body (hyper would send it
+/// with no framing, i.e. drop it). An `Upgrade` offer (Java's `HttpClient` offers h2c on
+/// every request) is neither honoured nor refused: the header is hop-by-hop, so it is
+/// dropped with `HTTP2-Settings` and the request is served over HTTP/1.1 (RFC 9110 §7.8);
+/// no 101 is ever sent and nothing reaches Coupa that could upgrade. The target is
+/// returned percent-encoded where a browser would encode it ([`uri::forwardable`]).
 fn admit<B: Inbound>(
     req: &Request<CallerBody<B>>,
     forwarding: &Forwarding,
 ) -> Result<PathAndQuery, ProxyError> {
+    let not_allowed = || ProxyError::MethodNotAllowed {
+        method: req.method().clone(),
+        allow: forwarding.allow.clone(),
+    };
     if !forwarding.methods.contains(req.method()) {
-        return Err(ProxyError::MethodNotAllowed(req.method().clone()));
-    }
-    if req.headers().contains_key(http::header::UPGRADE) {
-        return Err(ProxyError::UpgradeRefused);
+        return Err(not_allowed());
     }
     let Some(target) = uri::path_and_query(req.uri()) else {
-        return Err(ProxyError::MethodNotAllowed(req.method().clone()));
+        return Err(not_allowed());
     };
     if uri::unsafe_path(target.path()) {
         return Err(ProxyError::UnsafePath);
@@ -147,5 +151,5 @@ fn admit<B: Inbound>(
             "GET/HEAD with a chunked body is not supported".into(),
         ));
     }
-    Ok(target)
+    Ok(uri::forwardable(target))
 }

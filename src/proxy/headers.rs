@@ -20,6 +20,9 @@ pub static X_COUPA_API_KEY: HeaderName = HeaderName::from_static("x-coupa-api-ke
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The settings of an h2c upgrade offer (RFC 9113 §3.2.1, connection-specific): dropped
+/// with `Upgrade` even when `Connection` does not list it.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// Headers some front ends honour to change the method or the origin they believe in:
 /// never forwarded, so they cannot get a method past `forwarding.methods` or redirect
 /// Coupa's self-links.
@@ -31,8 +34,9 @@ static OVERRIDES: [HeaderName; 5] = [
     HeaderName::from_static("forwarded"),
 ];
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1, and the old `Keep-Alive`/`Proxy-Connection`).
-static HOP_BY_HOP: [&HeaderName; 9] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1, the old `Keep-Alive`/`Proxy-Connection`, and
+/// h2c's `HTTP2-Settings`).
+static HOP_BY_HOP: [&HeaderName; 10] = [
     &CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
@@ -42,6 +46,7 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &TRAILER,
     &TRANSFER_ENCODING,
     &UPGRADE,
+    &HTTP2_SETTINGS,
 ];
 
 /// What never goes upstream besides the hop-by-hop set: the key, `Host` (the client

@@ -1,7 +1,12 @@
 //! The upstream request target.
 //!
-//! Only the path and query of what the caller sent are used, byte for byte: Coupa
-//! filters (`updated_at[gt]=…`) and `fields=[…]` projections pass untouched. The scheme
+//! Only the path and query of what the caller sent are used. They pass byte for byte
+//! (Coupa filters `updated_at[gt]=…`, `fields=[…]` projections with `{`, `}`, `%22`),
+//! except for the characters RFC 3986 does not allow in a target but real clients send
+//! raw (`fields=["id"]` concatenated into a URL by `HttpURLConnection` or `curl -g`):
+//! those are percent-encoded exactly as a browser would send the same URL (the WHATWG
+//! URL standard's query and path percent-encode sets), so Coupa, or any strict server
+//! in front of it, gets a valid target that decodes to what the caller meant. The scheme
 //! and authority always come from the configured instance, so an absolute-form target
 //! (`GET http://evil.example/…`) or a forged `Host` can never choose where we connect.
 
@@ -56,6 +61,53 @@ pub fn path_and_query(target: &Uri) -> Option<PathAndQuery> {
     let pq = target.path_and_query()?;
     pq.as_str().starts_with('/').then(|| pq.clone())
 }
+
+/// True for a byte the WHATWG URL standard percent-encodes in a path: controls, space,
+/// `"`, `#`, `<`, `>`, `?`, backtick, `{`, `}`, and every non-ASCII byte. (`#`, `?`,
+/// controls and space never reach here: the parsers end the path at them or refuse them.)
+fn encoded_in_path(b: u8) -> bool {
+    b <= b' ' || b >= 0x7f || matches!(b, b'"' | b'#' | b'<' | b'>' | b'?' | b'`' | b'{' | b'}')
+}
+
+/// True for a byte the WHATWG URL standard percent-encodes in a query: controls, space,
+/// `"`, `#`, `<`, `>`, and every non-ASCII byte. `{`, `}`, `|`, `^`, backtick and `'` stay
+/// as they are, as in a browser.
+fn encoded_in_query(b: u8) -> bool {
+    b <= b' ' || b >= 0x7f || matches!(b, b'"' | b'#' | b'<' | b'>')
+}
+
+/// The target to forward: `target` with the bytes a browser would percent-encode
+/// encoded, and everything else (existing `%XX` escapes included) as it is. Costs one
+/// scan and no allocation when nothing needs encoding, which is every request a
+/// well-behaved client sends.
+pub fn forwardable(target: PathAndQuery) -> PathAndQuery {
+    let s = target.as_str();
+    let query_at = s.find('?').unwrap_or(s.len());
+    let needs = |(i, b): (usize, u8)| {
+        if i < query_at {
+            encoded_in_path(b)
+        } else {
+            encoded_in_query(b)
+        }
+    };
+    if !s.bytes().enumerate().any(needs) {
+        return target;
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for (i, b) in s.bytes().enumerate() {
+        if needs((i, b)) {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    // Every byte is now visible ASCII that the `http` crate accepts in a path or query.
+    PathAndQuery::try_from(out).unwrap_or(target)
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 #[cfg(test)]
 mod tests {
@@ -123,5 +175,26 @@ mod tests {
         }
         assert!(path_and_query(&"*".parse().unwrap()).is_none());
         assert!(path_and_query(&"evil.example:443".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn what_a_browser_would_encode_is_encoded_and_nothing_else() {
+        let cases = [
+            // Coupa's projection as HttpURLConnection and `curl -g` send it.
+            (
+                r#"/api/suppliers?fields=["id",{"supplier":["name"]}]"#,
+                "/api/suppliers?fields=[%22id%22,{%22supplier%22:[%22name%22]}]",
+            ),
+            ("/api/x?a=<b>&c=`{|}^`'", "/api/x?a=%3Cb%3E&c=`{|}^`'"),
+            ("/api/x?name=caf\u{e9}", "/api/x?name=caf%C3%A9"),
+            ("/api/{x}/`y`/\"<z>\"?q", "/api/%7Bx%7D/%60y%60/%22%3Cz%3E%22?q"),
+            // Existing escapes and everything else untouched.
+            ("/api/a%2Fb?x=%20&y=%22", "/api/a%2Fb?x=%20&y=%22"),
+            ("/api/invoices?updated_at[gt]=2024-01-01", "/api/invoices?updated_at[gt]=2024-01-01"),
+        ];
+        for (input, want) in cases {
+            let pq = PathAndQuery::try_from(input).unwrap();
+            assert_eq!(forwardable(pq).as_str(), want, "{input}");
+        }
     }
 }

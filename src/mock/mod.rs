@@ -32,6 +32,8 @@ use tokio::task::JoinHandle;
 use crate::config::ServerSettings;
 use crate::scopes::required_scope;
 
+mod pages;
+
 /// An OAuth client the mock knows.
 #[derive(Debug, Clone)]
 pub struct MockClient {
@@ -530,26 +532,10 @@ impl State {
                     .unwrap_or(HeaderValue::from_static("application/octet-stream"));
                 (StatusCode::OK, body.clone(), ct)
             }
-            _ => {
-                let b = json!({
-                    "id": 4242,
-                    "method": parts.method.as_str(),
-                    "path": parts.uri.path(),
-                    "query": parts.uri.query(),
-                    "auth": match &auth { MockAuth::Bearer { .. } => "bearer", _ => "api_key" },
-                    "client_id": match &auth { MockAuth::Bearer { client_id } => Some(client_id), _ => None },
-                    "invoice-number": "INV-0001",
-                    "status": "approved",
-                    "supplier": {"id": 7, "name": "Acme Supplies"},
-                    "invoice-lines": [{"line-num": 1, "description": "Widgets", "price": "12.50", "quantity": "4.0"}],
-                })
-                .to_string();
-                (
-                    StatusCode::OK,
-                    Bytes::from(b),
-                    HeaderValue::from_static("application/json"),
-                )
-            }
+            _ => pages::page(&parts.uri, &parts.headers).map_or_else(
+                || echo(&parts.method, &parts.uri, &auth),
+                |(b, ct)| (StatusCode::OK, b, ct),
+            ),
         };
         lock(&self.requests).push(RecordedRequest {
             method: parts.method.clone(),
@@ -564,8 +550,22 @@ impl State {
             trailers,
             received,
         });
-        let mut response = Response::new(Full::new(response_body));
+        // GET answers are gzip-encoded for a caller that accepts it, as Coupa's are.
+        let gzipped = parts.method == Method::GET
+            && status == StatusCode::OK
+            && pages::accepts_gzip(&parts.headers);
+        let mut response = Response::new(Full::new(if gzipped {
+            pages::gzip(&response_body)
+        } else {
+            response_body
+        }));
         *response.status_mut() = status;
+        if gzipped {
+            response.headers_mut().insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_static("gzip"),
+            );
+        }
         if let Some(Some(retry_after)) = &over
             && let Ok(v) = HeaderValue::from_str(retry_after)
         {
@@ -676,4 +676,26 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+/// A GET's answer: a JSON echo of what the mock received, shaped like a Coupa invoice.
+fn echo(method: &Method, uri: &http::Uri, auth: &MockAuth) -> (StatusCode, Bytes, HeaderValue) {
+    let b = json!({
+        "id": 4242,
+        "method": method.as_str(),
+        "path": uri.path(),
+        "query": uri.query(),
+        "auth": match auth { MockAuth::Bearer { .. } => "bearer", _ => "api_key" },
+        "client_id": match auth { MockAuth::Bearer { client_id } => Some(client_id), _ => None },
+        "invoice-number": "INV-0001",
+        "status": "approved",
+        "supplier": {"id": 7, "name": "Acme Supplies"},
+        "invoice-lines": [{"line-num": 1, "description": "Widgets", "price": "12.50", "quantity": "4.0"}],
+    })
+    .to_string();
+    (
+        StatusCode::OK,
+        Bytes::from(b),
+        HeaderValue::from_static("application/json"),
+    )
 }
