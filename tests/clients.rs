@@ -98,15 +98,12 @@ async fn over_http2_a_raw_quote_is_answered_and_a_refused_target_gets_a_400_not_
 async fn expect_100_continue_is_answered_over_http2_before_the_body_is_sent() {
     let (mock, proxy) = start_pair(mock(), "").await;
     let mut h2 = h2_client(proxy.proxy_addr).await;
-    let request = http::Request::put(format!(
-        "http://{}/api/invoices/7",
-        proxy.proxy_addr
-    ))
-    .header("x-coupa-api-key", KEY)
-    .header("expect", "100-continue")
-    .header("content-type", "application/octet-stream")
-    .body(())
-    .unwrap();
+    let request = http::Request::put(format!("http://{}/api/invoices/7", proxy.proxy_addr))
+        .header("x-coupa-api-key", KEY)
+        .header("expect", "100-continue")
+        .header("content-type", "application/octet-stream")
+        .body(())
+        .unwrap();
     let (mut response, mut body) = h2.send_request(request, false).unwrap();
     // No body byte is sent until the interim response arrives.
     let interim = tokio::time::timeout(
@@ -127,7 +124,10 @@ async fn expect_100_continue_is_answered_over_http2_before_the_body_is_sent() {
     assert_eq!(response.status(), StatusCode::OK);
     let seen = mock.requests();
     assert_eq!(seen[0].body_len, 70_000);
-    assert!(seen[0].headers.get("expect").is_none(), "settled with the caller");
+    assert!(
+        seen[0].headers.get("expect").is_none(),
+        "settled with the caller"
+    );
 }
 
 #[tokio::test]
@@ -263,7 +263,10 @@ fn assert_coupa_saw_the_flow(mock: &MockHandle, client: &str) {
     assert!(seen.len() >= 11, "{client}: {} requests", seen.len());
     for r in &seen {
         for name in ["upgrade", "http2-settings", "x-coupa-api-key", "expect"] {
-            assert!(r.headers.get(name).is_none(), "{client}: {name} reached Coupa");
+            assert!(
+                r.headers.get(name).is_none(),
+                "{client}: {name} reached Coupa"
+            );
         }
         assert!(
             matches!(r.auth, keybridge::mock::MockAuth::Bearer { .. }),
@@ -276,7 +279,11 @@ fn assert_coupa_saw_the_flow(mock: &MockHandle, client: &str) {
         .iter()
         .find(|r| r.target == "/api/invoices/7/image_scan")
         .unwrap_or_else(|| panic!("{client}: no upload"));
-    assert_eq!(upload.body_sha256, hex::encode(Sha256::digest(&big)), "{client}");
+    assert_eq!(
+        upload.body_sha256,
+        hex::encode(Sha256::digest(&big)),
+        "{client}"
+    );
     // A client that sends the quotes raw gets them encoded as a browser would; one that
     // encodes the whole projection itself (`HttpClient`, `requests`) gets it as sent.
     let fields = seen
@@ -285,7 +292,8 @@ fn assert_coupa_saw_the_flow(mock: &MockHandle, client: &str) {
         .unwrap_or_else(|| panic!("{client}: no fields query"));
     assert!(
         fields.target == FIELDS_FORWARDED
-            || fields.target == "/api/invoices?fields=%5B%22id%22,%7B%22supplier%22:%5B%22name%22%5D%7D%5D",
+            || fields.target
+                == "/api/invoices?fields=%5B%22id%22,%7B%22supplier%22:%5B%22name%22%5D%7D%5D",
         "{client}: the fields query arrived as {}",
         fields.target
     );
@@ -306,7 +314,14 @@ async fn java(client: &str, tls: bool) -> String {
         // The listener's CA, as a Java trust store.
         let store = temp_path("trust.p12");
         let status = require("keytool", "openjdk-17-jdk-headless")
-            .args(["-importcert", "-noprompt", "-alias", "ca", "-storetype", "PKCS12"])
+            .args([
+                "-importcert",
+                "-noprompt",
+                "-alias",
+                "ca",
+                "-storetype",
+                "PKCS12",
+            ])
             .arg("-file")
             .arg(fixture("ca.pem"))
             .arg("-keystore")

@@ -306,7 +306,9 @@ async fn connect_is_refused_with_allow_and_an_upgrade_offer_is_ignored() {
     .await;
     assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
     assert!(
-        reply.to_ascii_lowercase().contains("\r\nallow: get, post, put, patch, delete"),
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\nallow: get, post, put, patch, delete"),
         "a 405 names what is allowed (RFC 9110 §15.5.6): {reply}"
     );
     assert_eq!(mock.api_hits(), 0);

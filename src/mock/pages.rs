@@ -31,16 +31,24 @@ pub fn page(uri: &Uri, headers: &HeaderMap) -> Option<(Bytes, HeaderValue)> {
             .map(|id| serde_json::json!({"id": id, "invoice-number": format!("INV-{id:04}"), "status": "approved"}))
             .collect();
         let body = serde_json::Value::Array(items).to_string();
-        Some((Bytes::from(body), HeaderValue::from_static("application/json")))
+        Some((
+            Bytes::from(body),
+            HeaderValue::from_static("application/json"),
+        ))
     } else {
-        let mut body = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<invoice-headers type=\"array\">\n");
+        let mut body = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<invoice-headers type=\"array\">\n",
+        );
         for id in ids {
             body.push_str(&format!(
                 "  <invoice-header>\n    <id type=\"integer\">{id}</id>\n    <invoice-number>INV-{id:04}</invoice-number>\n    <status>approved</status>\n  </invoice-header>\n"
             ));
         }
         body.push_str("</invoice-headers>\n");
-        Some((Bytes::from(body), HeaderValue::from_static("application/xml")))
+        Some((
+            Bytes::from(body),
+            HeaderValue::from_static("application/xml"),
+        ))
     }
 }
 
@@ -109,7 +117,12 @@ mod tests {
         let uri: Uri = "/api/invoices?limit=2&offset=4".parse().unwrap();
         let (body, ct) = page(&uri, &HeaderMap::new()).unwrap();
         assert_eq!(ct, "application/xml");
-        assert_eq!(String::from_utf8_lossy(&body).matches("<invoice-header>").count(), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&body)
+                .matches("<invoice-header>")
+                .count(),
+            1
+        );
         let plain: Uri = "/api/invoices/4".parse().unwrap();
         assert!(page(&plain, &HeaderMap::new()).is_none());
     }

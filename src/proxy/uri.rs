@@ -187,10 +187,16 @@ mod tests {
             ),
             ("/api/x?a=<b>&c=`{|}^`'", "/api/x?a=%3Cb%3E&c=`{|}^`'"),
             ("/api/x?name=caf\u{e9}", "/api/x?name=caf%C3%A9"),
-            ("/api/{x}/`y`/\"<z>\"?q", "/api/%7Bx%7D/%60y%60/%22%3Cz%3E%22?q"),
+            (
+                "/api/{x}/`y`/\"<z>\"?q",
+                "/api/%7Bx%7D/%60y%60/%22%3Cz%3E%22?q",
+            ),
             // Existing escapes and everything else untouched.
             ("/api/a%2Fb?x=%20&y=%22", "/api/a%2Fb?x=%20&y=%22"),
-            ("/api/invoices?updated_at[gt]=2024-01-01", "/api/invoices?updated_at[gt]=2024-01-01"),
+            (
+                "/api/invoices?updated_at[gt]=2024-01-01",
+                "/api/invoices?updated_at[gt]=2024-01-01",
+            ),
         ];
         for (input, want) in cases {
             let pq = PathAndQuery::try_from(input).unwrap();
