@@ -33,8 +33,8 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
-use crate::error::json_error;
 use crate::reload::Core;
+use crate::respond::json_error;
 
 /// The dashboard page, compiled into the binary.
 const DASHBOARD_HTML: &str = include_str!("admin/dashboard.html");

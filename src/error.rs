@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::HeaderValue;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use crate::body::BoxError;
+use crate::respond::{api_key_challenge, json_error, retry_after_value};
 use crate::token::TokenError;
 
 /// Who caused a failure.
@@ -271,19 +272,6 @@ impl ProxyError {
     }
 }
 
-/// The challenge of keybridge's own 401s: a legacy client is expected to send its API
-/// key in the `X-COUPA-API-KEY` header. `Coupa-API-Key` is not a registered scheme (none
-/// exists for API-key headers); its `header` parameter names what to send, and clients
-/// that do not know the scheme treat the 401 as a plain refusal, as before.
-pub fn api_key_challenge() -> HeaderValue {
-    HeaderValue::from_static(r#"Coupa-API-Key realm="keybridge", header="X-COUPA-API-KEY""#)
-}
-
-/// `Retry-After` in whole seconds (at least 1).
-pub fn retry_after_value(d: Duration) -> HeaderValue {
-    HeaderValue::from(d.as_secs().max(1))
-}
-
 /// A short, secret-free label for a token failure, safe for callers to see.
 fn token_error_kind(e: &TokenError) -> String {
     match e {
@@ -294,17 +282,6 @@ fn token_error_kind(e: &TokenError) -> String {
         TokenError::InvalidResponse(_) => "token endpoint sent an invalid response".into(),
         TokenError::Internal(_) => "internal error".into(),
     }
-}
-
-/// `{"error": code, "message": message}` with the given status.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 #[cfg(test)]

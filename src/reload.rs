@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::audit::Audit;
+use crate::bucket::RateLimiter;
 use crate::config::{Config, ConfigError, Env};
-use crate::cutover::RateLimiter;
 use crate::metrics::Metrics;
 use crate::routes::{Carried, Routes};
 use crate::shaping::{FleetBudget, Shaping};

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use crate::audit::{Outcome, Recorder, Slot};
+use crate::bucket::RateLimiter;
 use crate::config::{BearerRequests, Config, Integration, Plan, UnknownKeys};
-use crate::cutover::RateLimiter;
 use crate::keys::{Fingerprint, KeyMap};
 use crate::metrics::{Metrics, OutcomeCounters};
 use crate::shaping::Shaping;

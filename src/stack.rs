@@ -18,9 +18,10 @@ use tower::{Layer, Service, ServiceBuilder};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::ResponseBody;
-use crate::error::json_error;
+use crate::proxy::ProxyService;
 use crate::proxy::headers::X_COUPA_API_KEY;
-use crate::proxy::{ProxyService, Upstream};
+use crate::respond::json_error;
+use crate::upstream::Upstream;
 
 /// Wraps the proxy service in its layers.
 pub fn proxy_stack<U: Upstream>(

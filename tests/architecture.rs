@@ -46,12 +46,14 @@ fn modules() -> BTreeMap<String, String> {
                 .filter(|l| !l.trim_start().starts_with("//"))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            // Unit tests (inline `mod tests` at the end) import their own file's items.
+            // Unit tests (an inline `mod tests {` at the end) import their own file's
+            // items. A `#[cfg(test)] mod tests;` declaration is only cut out itself: what
+            // follows it (a folder's re-exports) is real.
             let text = text
-                .split("#[cfg(test)]")
+                .split("#[cfg(test)]\nmod tests {")
                 .next()
                 .unwrap_or_default()
-                .to_owned();
+                .replace("#[cfg(test)]\nmod tests;", "");
             out.insert(parts.join("::"), text);
         }
     }

@@ -23,8 +23,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use keybridge::config::UpstreamSettings;
-use keybridge::proxy::Upstream;
 use keybridge::upstream::Pool;
+use keybridge::upstream::Upstream;
 use tokio::net::TcpListener;
 
 /// What the test server saw.

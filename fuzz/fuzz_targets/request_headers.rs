@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use keybridge::keys::Fingerprint;
 use keybridge::proxy::headers::{self, Credential};
-use keybridge::proxy::uri;
+use keybridge::paths as uri;
 use libfuzzer_sys::fuzz_target;
 
 const HOP_BY_HOP: &[&str] = &[

@@ -6,7 +6,6 @@
 //! embedded one, [`postgres`] the fleet's shared one) every `flush_interval`; [`report`] turns a store's [`Snapshot`] into
 //! the per-integration view shown by `keybridge audit`, `GET /audit` and the dashboard.
 
-pub(crate) mod outcome;
 mod postgres;
 pub(crate) mod recorder;
 pub(crate) mod report;
@@ -16,7 +15,7 @@ pub mod template;
 
 use std::sync::Arc;
 
-pub use outcome::{Outcome, OutcomeMap};
+pub use crate::outcome::{Outcome, OutcomeMap};
 pub use recorder::{Event, Recorder, Slot, Subject, unix_now};
 pub use store::{AuditStore, Snapshot, StoreError};
 

@@ -19,13 +19,13 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::outcome::{Outcome, OutcomeMap};
 use super::recorder::{OTHER_ENDPOINTS, OTHER_UNKNOWN_KEYS, Subject};
 use super::sqlite::{
     MAX_ENDPOINTS_PER_OTHER, MAX_ENDPOINTS_PER_SUBJECT, MAX_PEERS_PER_OTHER, MAX_PEERS_PER_SUBJECT,
 };
 use super::store::{AuditStore, Batch, ReplicaRow, Snapshot, StoreError, StoreFuture, SubjectRow};
 use crate::config::{Mode, Secret};
+use crate::outcome::{Outcome, OutcomeMap};
 
 /// Migrations, in order. Never edit a released one; append.
 const MIGRATIONS: &[&str] = &[
@@ -134,7 +134,7 @@ impl PostgresStore {
         // certificate and host name. `prefer` (libpq's default) stays plaintext: a
         // downgrade-prone middle ground is not offered.
         let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            let tls = crate::upstream::tls_client_config("audit.postgres_ca_file", ca_file)
+            let tls = crate::tls::tls_client_config("audit.postgres_ca_file", ca_file)
                 .map_err(|e| StoreError::Config(e.to_string()))?;
             Manager::from_config(
                 config,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::outcome::{Outcome, OutcomeMap};
+use crate::outcome::{Outcome, OutcomeMap};
 
 const MAX_IPS: usize = 64;
 const MAX_USER_AGENTS: usize = 32;

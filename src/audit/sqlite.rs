@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::outcome::{Outcome, OutcomeMap};
 use super::recorder::{OTHER_ENDPOINTS, OTHER_UNKNOWN_KEYS, Subject, Window};
 use super::store::{AuditStore, Batch, Snapshot, StoreError, StoreFuture, SubjectRow};
 use crate::config::Mode;
+use crate::outcome::{Outcome, OutcomeMap};
 
 /// Migrations, in order. Never edit a released one; append.
 const MIGRATIONS: &[&str] = &[

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::outcome::OutcomeMap;
 use super::recorder::{Subject, Window};
 use crate::config::Mode;
+use crate::outcome::OutcomeMap;
 
 /// One flush: every subject's window since the last one.
 pub type Batch = Vec<(Subject, Window)>;

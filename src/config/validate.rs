@@ -902,7 +902,7 @@ fn forwarding(raw: &RawForwarding, v: &mut Findings) -> Forwarding {
     }
     let mut path_prefixes = Vec::new();
     for (i, p) in raw.path_prefixes.iter().enumerate() {
-        if !p.starts_with('/') || crate::proxy::uri::unsafe_path(p) {
+        if !p.starts_with('/') || crate::paths::unsafe_path(p) {
             v.error(
                 format!("forwarding.path_prefixes[{i}]"),
                 format!("`{p}` must start with `/` and have no dot, backslash or empty segments"),

@@ -13,7 +13,6 @@ use http::{HeaderValue, Method, Request};
 use super::handle::Proxy;
 use super::handled::{Handled, Who};
 use super::headers::{Credential, X_COUPA_API_KEY};
-use super::send::Upstream;
 use crate::audit::Outcome;
 use crate::body::{CallerBody, Inbound};
 use crate::config::{BearerRequests, UnknownKeys};
@@ -21,6 +20,7 @@ use crate::cutover::{self, Route};
 use crate::error::ProxyError;
 use crate::keys::Fingerprint;
 use crate::shaping::Flow;
+use crate::upstream::Upstream;
 
 impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     /// Authenticates the request and sends it down the route its caller's plan picks.

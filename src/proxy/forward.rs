@@ -13,7 +13,6 @@ use super::headers::Credential;
 use super::outbound::{Outbound, pass_back};
 use super::pace::Pacing;
 use super::retry::{OauthRoute, Step, next_step, token_refused};
-use super::send::Upstream;
 use super::send::send;
 use super::shadow::Replay;
 use crate::audit::Outcome;
@@ -23,6 +22,7 @@ use crate::error::ProxyError;
 use crate::routes::Caller;
 use crate::shaping::Flow;
 use crate::token::Token;
+use crate::upstream::Upstream;
 
 impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     /// Streams the request to `instance` with `credential` in its turn; only a bodiless

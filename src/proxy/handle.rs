@@ -14,13 +14,13 @@ use http_body_util::Either;
 use super::handled::{Handled, Who};
 use super::peer::Peer;
 use super::record::{self, Done};
-use super::send::Upstream;
-use super::uri;
 use crate::audit::template::endpoint;
 use crate::body::{CallerBody, Inbound, ResponseBody};
 use crate::config::Forwarding;
 use crate::error::{Fault, ProxyError};
+use crate::paths as uri;
 use crate::routes::Routes;
+use crate::upstream::Upstream;
 
 /// One request's view: the routes current when it arrived, this worker's upstream and
 /// the caller's address. `B` is the caller's body type (hyper's `Incoming` but in tests).

@@ -30,8 +30,7 @@ mod service;
 mod shadow;
 #[cfg(test)]
 mod tests;
-pub mod uri;
 
+pub use crate::upstream::{ServiceUpstream, Upstream};
 pub use peer::Peer;
-pub use send::{ServiceUpstream, Upstream};
 pub use service::ProxyService;

@@ -15,11 +15,12 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use super::handle::Proxy;
 use super::headers::Credential;
 use super::outbound::Outbound;
-use super::send::{Upstream, send};
+use super::send::send;
 use crate::body::{Inbound, RequestBody};
 use crate::config::Instance;
 use crate::error::ProxyError;
 use crate::shaping::{Flow, Shaper};
+use crate::upstream::Upstream;
 
 /// Sends after a 429/503 from Coupa, at most.
 const MAX_RETRIES: u32 = 3;
@@ -131,7 +132,7 @@ fn with_retry_after<B>(mut response: Response<B>, shaper: &Shaper) -> Response<B
     if !response.headers().contains_key(RETRY_AFTER) {
         response.headers_mut().insert(
             RETRY_AFTER,
-            crate::error::retry_after_value(shaper.retry_after_hint()),
+            crate::respond::retry_after_value(shaper.retry_after_hint()),
         );
     }
     response

@@ -3,53 +3,19 @@
 //!
 //! The upstream ([`Upstream`]) is the per-worker pooled client in production (called
 //! directly: no clone per request) or any `tower::Service` wrapped in
-//! [`ServiceUpstream`] — a `service_fn` in tests of the request path that need no socket.
+//! [`crate::upstream::ServiceUpstream`] — a `service_fn` in tests of the request path that
+//! need no socket.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
-use tower::ServiceExt as _;
 
-use crate::body::{BodyIdle, BoxError, Inbound, UpstreamBody};
+use crate::body::{BodyIdle, Inbound, UpstreamBody};
 use crate::config::Instance;
 use crate::error::ProxyError;
 use crate::routes::Routes;
-use hyper::body::Incoming;
-
-/// What the proxy forwards to, for caller bodies of type `B`.
-pub trait Upstream<B = Incoming>: Send + Sync + 'static {
-    /// Coupa's response body, streamed back to the caller.
-    type Body: Inbound;
-    /// Sends one request.
-    fn send(
-        &self,
-        request: Request<UpstreamBody<B>>,
-    ) -> impl Future<Output = Result<Response<Self::Body>, BoxError>> + Send;
-}
-
-/// Any tower service as an upstream (each send clones it and waits for readiness).
-#[derive(Clone)]
-pub struct ServiceUpstream<S>(pub S);
-
-impl<S, B, RB> Upstream<B> for ServiceUpstream<S>
-where
-    S: tower::Service<Request<UpstreamBody<B>>, Response = Response<RB>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    B: Inbound,
-    RB: Inbound,
-{
-    type Body = RB;
-
-    async fn send(&self, request: Request<UpstreamBody<B>>) -> Result<Response<RB>, BoxError> {
-        self.0.clone().oneshot(request).await.map_err(Into::into)
-    }
-}
+use crate::upstream::Upstream;
 
 /// Sends one request to `instance` within `upstream.response_timeout`.
 pub(crate) async fn send<B: Inbound, U: Upstream<B>>(

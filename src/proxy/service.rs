@@ -19,9 +19,9 @@ use http::{Request, Response};
 
 use super::handle::Proxy;
 use super::peer::Peer;
-use super::send::Upstream;
 use crate::body::{IdleTimeout, Inbound, ResponseBody};
 use crate::routes::Routes;
+use crate::upstream::Upstream;
 
 /// The proxy service for one connection: the shared routes, this worker's upstream.
 pub struct ProxyService<U> {

@@ -12,11 +12,11 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use super::headers::Credential;
 use super::outbound::Outbound;
 use super::retry::token_refused;
-use super::send::Upstream;
 use super::send::send;
 use crate::body::{Inbound, UpstreamBody};
 use crate::config::Client;
 use crate::routes::{Caller, Routes};
+use crate::upstream::Upstream;
 
 /// Bytes of a replayed response read before it is dropped.
 const DRAIN_LIMIT: usize = 1024 * 1024;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::cutover::RateLimiter;
+use crate::bucket::RateLimiter;
 
 /// Open connections, in all and per source address.
 #[derive(Default)]

@@ -31,9 +31,10 @@ use crate::metrics::Metrics;
 use crate::reload::Core;
 use crate::shaping::FleetBudget;
 use crate::stack;
+use crate::tls::TlsSetupError;
 use crate::token::TokenCache;
 use crate::token::shared::SharedTokens;
-use crate::upstream::{self, TlsSetupError};
+use crate::upstream;
 
 pub use crate::reload::ConfigSource;
 pub(crate) use conn::serve;

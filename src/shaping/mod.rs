@@ -17,12 +17,14 @@ pub mod budget;
 pub mod fair;
 pub mod fleet;
 pub mod flow;
+mod report;
 pub mod shaper;
 
 use std::sync::Arc;
 
 pub use fleet::{FleetBudget, FleetHealth};
 pub use flow::{Flow, Throttled};
+pub use report::RateLimitReport;
 pub use shaper::Shaper;
 
 use crate::config::{Config, Instance};

@@ -251,10 +251,10 @@ impl Shaper {
     }
 
     /// The live state for `/audit` and the dashboard.
-    pub fn report(&self) -> crate::audit::report::RateLimitReport {
+    pub fn report(&self) -> super::report::RateLimitReport {
         let limit = self.limit();
         let (absorbed, passed_back) = self.metrics.coupa_limited_counts();
-        crate::audit::report::RateLimitReport {
+        super::report::RateLimitReport {
             instance: self.instance.to_string(),
             per_second: limit.per_second,
             burst: limit.burst,

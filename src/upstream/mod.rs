@@ -7,11 +7,11 @@
 
 mod connect;
 mod pool;
-mod tls;
+mod service;
 
 pub use connect::ConnectError;
 pub use pool::{Pool, PooledBody};
-pub use tls::{TlsSetupError, tls_client_config};
+pub use service::{ServiceUpstream, Upstream};
 
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::UpstreamBody;
 use crate::config::UpstreamSettings;
+use crate::tls::{TlsSetupError, tls_client_config};
 
 /// The pooled client for token requests (and `keybridge check`'s credential test).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;

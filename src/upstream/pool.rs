@@ -26,10 +26,10 @@ use hyper::client::conn::{http1, http2};
 use tokio::time::Instant;
 
 use super::connect::{Connector, Fresh};
-use super::tls::{TlsSetupError, tls_client_config};
+use super::service::Upstream;
 use crate::body::{BoxError, UpstreamBody};
 use crate::config::UpstreamSettings;
-use crate::proxy::Upstream;
+use crate::tls::{TlsSetupError, tls_client_config};
 
 /// A worker's upstream connections (see the module docs).
 pub struct Pool {

@@ -1,11 +1,9 @@
-//! The rustls client configuration both clients use: the web PKI roots plus an optional
+//! The rustls client configuration of every connection keybridge opens (Coupa's API
+//! and token endpoint, PostgreSQL): the web PKI roots plus an optional
 //! private CA file, ring, safe protocol versions, no client certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -29,7 +27,12 @@ pub fn tls_client_config(
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = ca_file {
-        for cert in read_pem_certs(setting, path)? {
+        let certs = super::pem::certificates(path).map_err(|message| TlsSetupError::CaFile {
+            setting,
+            path: path.to_owned(),
+            message,
+        })?;
+        for cert in certs {
             roots.add(cert).map_err(|e| TlsSetupError::CaFile {
                 setting,
                 path: path.to_owned(),
@@ -43,23 +46,4 @@ pub fn tls_client_config(
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth())
-}
-
-fn read_pem_certs(
-    setting: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let err = |message: String| TlsSetupError::CaFile {
-        setting,
-        path: path.to_owned(),
-        message,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("contains no PEM certificate".to_owned()));
-    }
-    Ok(certs)
 }

@@ -90,14 +90,15 @@ static ENCODED: [u8; 256] = {
 /// table lookup per byte and no allocation when nothing needs encoding, which is every
 /// request a well-behaved client sends.
 pub fn forwardable(target: PathAndQuery) -> PathAndQuery {
-    let s = target.as_str();
-    let query_at = s.find('?').unwrap_or(s.len());
-    let (path, query) = s.as_bytes().split_at(query_at);
+    let path = target.path().as_bytes();
+    let query = target.query().map_or(&[][..], str::as_bytes);
     let needs = |set: u8| move |b: &u8| ENCODED[usize::from(*b)] & set != 0;
     // `?` is not in the query set, so the one that starts the query is kept.
     if !path.iter().any(needs(IN_PATH)) && !query.iter().any(needs(IN_QUERY)) {
         return target;
     }
+    let s = target.as_str();
+    let query_at = path.len();
     let mut out = String::with_capacity(s.len() + 16);
     for (i, &b) in s.as_bytes().iter().enumerate() {
         let set = if i < query_at { IN_PATH } else { IN_QUERY };

@@ -1,11 +1,11 @@
-//! Optional TLS termination on the proxy listener (`tls: {cert, key}`): rustls with
+//! TLS termination on the proxy listener, when configured (`tls: {cert, key}`): rustls with
 //! ALPN `h2` and `http/1.1`, so callers get HTTP/2 or HTTP/1.1 as they prefer.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsSettings;
@@ -25,7 +25,10 @@ pub fn acceptor(settings: Option<&TlsSettings>) -> Result<Option<TlsAcceptor>, T
     let Some(settings) = settings else {
         return Ok(None);
     };
-    let certs = read_certs(&settings.cert)?;
+    let certs = super::pem::certificates(&settings.cert).map_err(|message| TlsError::Cert {
+        path: settings.cert.clone(),
+        message,
+    })?;
     let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| TlsError::Key {
         path: settings.key.clone(),
         message: e.to_string(),
@@ -38,19 +41,4 @@ pub fn acceptor(settings: Option<&TlsSettings>) -> Result<Option<TlsAcceptor>, T
     .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError::Cert {
-        path: path.to_owned(),
-        message,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("contains no PEM certificate".into()));
-    }
-    Ok(certs)
 }
