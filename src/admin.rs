@@ -133,7 +133,7 @@ async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" => readyz(core).await,
         "/tokens" => tokens(core).await,
         "/metrics" => {
-            core.routes().load().shaping.export();
+            core.state().load().shaping.export();
             respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -144,7 +144,7 @@ async fn route(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/audit" => match core.audit.report(&config).await {
             Ok(mut report) => {
                 report.rate_limits = core
-                    .routes()
+                    .state()
                     .load()
                     .shaping
                     .iter()

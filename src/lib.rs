@@ -5,7 +5,7 @@
 //! 1. [`server`] accepts HTTP/1.1 and HTTP/2 and hands each request to the `stack`
 //!    (in-flight cap, sensitive headers), then to the [`proxy`].
 //! 2. The proxy admits it, finds the caller — SHA-256 fingerprint → integration in the
-//!    `routes` built once per configuration ([`keys`]) — and lets the integration's plan
+//!    [`proxy::State`] built once per configuration ([`keys`]) — and lets the integration's plan
 //!    pick the route (`cutover`).
 //! 3. It takes the client's token from the [`token`] cache (fetched once, refreshed
 //!    ahead of expiry, never younger than the settle delay).
@@ -26,9 +26,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 mod credentials;
-mod cutover;
 pub mod demo;
-mod error;
 mod health;
 pub mod keys;
 mod log;
@@ -41,7 +39,6 @@ pub mod proxy;
 mod redis_link;
 mod reload;
 mod respond;
-mod routes;
 mod scopes;
 pub mod server;
 pub mod shaping;

@@ -1,6 +1,6 @@
 //! The running configuration and how a new one replaces it (SIGHUP, `POST /reload`).
 //!
-//! [`Core`] owns what a reload swaps — the [`Routes`] every worker reads, the token
+//! [`Core`] owns what a reload swaps — the [`State`] every worker reads, the token
 //! cache's background refreshers, the shadow rate limit when its rate changed — and what
 //! it keeps: the audit, the metrics, and (in the workers) the upstream connection pools. Both the
 //! server, which builds it, and the admin listener, which triggers reloads and reads
@@ -15,14 +15,14 @@ use crate::audit::Audit;
 use crate::bucket::RateLimiter;
 use crate::config::{Config, ConfigError, Env};
 use crate::metrics::Metrics;
-use crate::routes::{Carried, Routes};
+use crate::proxy::{Carried, State};
 use crate::shaping::{FleetBudget, Shaping};
 use crate::token::cache::Refreshers;
 use crate::token::{TokenCache, TokenError};
 
 /// The state a reload replaces, and the parts it keeps.
 pub struct Core {
-    routes: Arc<ArcSwap<Routes>>,
+    state: Arc<ArcSwap<State>>,
     refreshers: Mutex<Refreshers>,
     pub audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
@@ -88,7 +88,7 @@ impl Core {
             shaping: Arc::new(Shaping::new(&config, None, fleet_budget.as_ref(), &metrics)),
         };
         let refreshers = tokens.spawn_refreshers();
-        let routes = Routes::new(
+        let state = State::new(
             config,
             tokens,
             Arc::clone(&audit.recorder),
@@ -96,7 +96,7 @@ impl Core {
             carried,
         );
         Core {
-            routes: Arc::new(ArcSwap::from_pointee(routes)),
+            state: Arc::new(ArcSwap::from_pointee(state)),
             refreshers: Mutex::new(refreshers),
             audit,
             metrics,
@@ -109,19 +109,19 @@ impl Core {
         }
     }
 
-    /// The routes every worker reads (swapped on reload).
-    pub fn routes(&self) -> &Arc<ArcSwap<Routes>> {
-        &self.routes
+    /// The state every worker reads (swapped on reload).
+    pub fn state(&self) -> &Arc<ArcSwap<State>> {
+        &self.state
     }
 
     /// The configuration currently serving.
     pub fn config(&self) -> Arc<Config> {
-        Arc::clone(&self.routes.load().config)
+        Arc::clone(&self.state.load().config)
     }
 
     /// The token cache currently serving.
     pub fn tokens(&self) -> TokenCache {
-        self.routes.load().tokens.clone()
+        self.state.load().tokens.clone()
     }
 
     /// Reloads from the file keybridge was started with.
@@ -169,7 +169,7 @@ impl Core {
         // The shadow rate limit and the replay budget carry over unless their setting
         // changed (the budget's permits may be held by requests in progress); each
         // instance's shaper carries over by name, with its new limit.
-        let current = self.routes.load_full();
+        let current = self.state.load_full();
         let (was, now) = (&current.config.cutover, &next.cutover);
         let shadow_limiter = carry(
             &current.shadow_limiter,
@@ -189,7 +189,7 @@ impl Core {
         ));
         drop(current);
         let refreshers = tokens.spawn_refreshers();
-        self.routes.store(Arc::new(Routes::new(
+        self.state.store(Arc::new(State::new(
             Arc::clone(&next),
             tokens,
             Arc::clone(&self.audit.recorder),

@@ -1,7 +1,7 @@
 //! Who is calling, and which way their request goes.
 //!
 //! One `X-COUPA-API-KEY` → the integration owning its fingerprint, whose plan picks the
-//! route ([`crate::cutover::route`]); a key nobody owns → `unknown_keys`; no key but a
+//! route ([`super::cutover::route`]); a key nobody owns → `unknown_keys`; no key but a
 //! bearer → `bearer_requests`; nothing → 401.
 
 use std::sync::Arc;
@@ -10,14 +10,14 @@ use http::header::AUTHORIZATION;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request};
 
-use super::handle::Proxy;
+use super::cutover::{self, Route};
+use super::error::ProxyError;
 use super::handled::{Handled, Who};
 use super::headers::{Credential, X_COUPA_API_KEY};
+use super::view::Proxy;
 use crate::audit::Outcome;
 use crate::body::{CallerBody, Inbound};
 use crate::config::{BearerRequests, UnknownKeys};
-use crate::cutover::{self, Route};
-use crate::error::ProxyError;
 use crate::keys::Fingerprint;
 use crate::shaping::Flow;
 use crate::upstream::Upstream;
@@ -41,7 +41,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             },
             (None, _) => return Box::pin(self.without_key(req, target)).await,
         };
-        let (fingerprint, caller) = self.routes.caller(key.as_bytes());
+        let (fingerprint, caller) = self.state.caller(key.as_bytes());
         let Some(caller) = caller.cloned() else {
             return Box::pin(self.unknown_key(req, target, fingerprint, &key)).await;
         };
@@ -93,11 +93,11 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         if !bearer {
             return Handled::rejected(Who::Anonymous, ProxyError::MissingApiKey);
         }
-        let config = &self.routes.config;
+        let config = &self.state.config;
         match (config.bearer_requests, &config.default_instance) {
             (BearerRequests::Forward, Some(instance)) => {
                 let flow = Flow {
-                    name: &self.routes.bystanders.native_flow,
+                    name: &self.state.bystanders.native_flow,
                     weight: 1,
                 };
                 let result = self
@@ -122,11 +122,11 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         fp: Fingerprint,
         key: &HeaderValue,
     ) -> Handled<U::Body> {
-        let config = &self.routes.config;
+        let config = &self.state.config;
         match (config.unknown_keys, &config.default_instance) {
             (UnknownKeys::Observe, Some(instance)) => {
                 let flow = Flow {
-                    name: &self.routes.bystanders.unknown_flow,
+                    name: &self.state.bystanders.unknown_flow,
                     weight: 1,
                 };
                 let result = self

@@ -7,7 +7,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
 
-use super::handle::Proxy;
+use super::error::ProxyError;
 use super::handled::{Handled, Who};
 use super::headers::Credential;
 use super::outbound::{Outbound, pass_back};
@@ -15,11 +15,11 @@ use super::pace::Pacing;
 use super::retry::{OauthRoute, Step, next_step, token_refused};
 use super::send::send;
 use super::shadow::Replay;
+use super::state::Caller;
+use super::view::Proxy;
 use crate::audit::Outcome;
 use crate::body::{BodyIdle, CallerBody, Inbound, RequestBody, ResponseBody};
 use crate::config::{Client, Instance};
-use crate::error::ProxyError;
-use crate::routes::Caller;
 use crate::shaping::Flow;
 use crate::token::Token;
 use crate::upstream::Upstream;
@@ -37,9 +37,9 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     ) -> Result<Response<ResponseBody<U::Body>>, ProxyError> {
         let (parts, body) = req.into_parts();
         let out = Outbound::from_parts(parts, target, instance, &self.peer);
-        let Some(pacing) = Pacing::new(self.routes.shaping.get(instance), flow) else {
+        let Some(pacing) = Pacing::new(self.state.shaping.get(instance), flow) else {
             let request = out.into_request(credential, RequestBody::streaming(body).send_body());
-            let response = send(&*self.upstream, &self.routes, request, instance).await?;
+            let response = send(&*self.upstream, &self.state, request, instance).await?;
             return Ok(pass_back(response));
         };
         let mut body = RequestBody::unbuffered(body);
@@ -65,7 +65,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             }
             None => {
                 let request = out.build(credential, body.send_body());
-                send(&*self.upstream, &self.routes, request, instance).await
+                send(&*self.upstream, &self.state, request, instance).await
             }
         }
     }
@@ -81,7 +81,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         endpoint: &str,
     ) -> Handled<U::Body> {
         let copy = self
-            .routes
+            .state
             .shadow_limiter
             .try_acquire()
             .then(|| (req.method().clone(), target.clone(), req.headers().clone()));
@@ -94,7 +94,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             .await;
         if let (Some((method, target, headers)), Ok(response)) = (copy, &result) {
             let replay = Replay {
-                routes: Arc::clone(&self.routes),
+                state: Arc::clone(&self.state),
                 upstream: Arc::clone(&self.upstream),
                 caller: Arc::clone(&caller),
                 client: Arc::clone(client),
@@ -123,7 +123,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             name: &caller.integration.name,
             weight: caller.integration.share,
         };
-        let tokens = &self.routes.tokens;
+        let tokens = &self.state.tokens;
         let token = match tokens.get(&client.name).await {
             Ok(token) => token,
             Err(source) => {
@@ -143,7 +143,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             // streams every body (no per-request buffering) and retries only bodiless ones.
             Some(_) => (
                 OauthRoute::Canary,
-                self.routes.config.cutover.replay_body_limit,
+                self.state.config.cutover.replay_body_limit,
             ),
             None => (OauthRoute::Oauth, 0),
         };
@@ -154,7 +154,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         let (limit, _budget) = match body.size_hint().exact() {
             Some(n) if n > 0 && n <= limit => {
                 let kib = u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
-                match Arc::clone(&self.routes.replay_budget).try_acquire_many_owned(kib) {
+                match Arc::clone(&self.state.replay_budget).try_acquire_many_owned(kib) {
                     Ok(permit) => (limit, Some(permit)),
                     Err(_) => {
                         tracing::debug!(integration = %caller.integration.name, "replay buffer budget used up; streaming this canary body");
@@ -178,7 +178,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             }
             Err(e) => return Handled::rejected(who(), ProxyError::ClientBody(e)),
         };
-        let pacing = Pacing::new(self.routes.shaping.get(instance), flow);
+        let pacing = Pacing::new(self.state.shaping.get(instance), flow);
         let first = Credential::Bearer(token.authorization());
         let response = match self
             .send_out(pacing.as_ref(), &out, &mut body, first, instance)

@@ -1,8 +1,6 @@
 //! One request from arrival to answer: admit it, dispatch it, turn a failure into its
 //! response (logged by fault), record it.
 
-use std::marker::PhantomData;
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::USER_AGENT;
@@ -11,25 +9,15 @@ use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::Either;
 
+use super::error::{Fault, ProxyError};
 use super::handled::{Handled, Who};
-use super::peer::Peer;
 use super::record::{self, Done};
+use super::view::Proxy;
 use crate::audit::template::endpoint;
 use crate::body::{CallerBody, Inbound, ResponseBody};
 use crate::config::Forwarding;
-use crate::error::{Fault, ProxyError};
 use crate::paths as uri;
-use crate::routes::Routes;
 use crate::upstream::Upstream;
-
-/// One request's view: the routes current when it arrived, this worker's upstream and
-/// the caller's address. `B` is the caller's body type (hyper's `Incoming` but in tests).
-pub(super) struct Proxy<U, B> {
-    pub(super) routes: Arc<Routes>,
-    pub(super) upstream: Arc<U>,
-    pub(super) peer: Peer,
-    pub(super) body: PhantomData<fn(B)>,
-}
 
 impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
     /// Handles one request; never fails (errors become JSON responses).
@@ -40,7 +28,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         let started = Instant::now();
         let endpoint = endpoint(method_label(req.method()), req.uri().path());
         let user_agent = req.headers().get(USER_AGENT).cloned();
-        let handled = match admit(&req, &self.routes.config.forwarding) {
+        let handled = match admit(&req, &self.state.config.forwarding) {
             Ok(target) => self.dispatch(req, target, &endpoint).await,
             Err(e) => Handled::rejected(Who::Anonymous, e),
         };
@@ -52,7 +40,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             }
         };
         record::record(
-            &self.routes,
+            &self.state,
             &Done {
                 who: &handled.who,
                 outcome: handled.outcome,

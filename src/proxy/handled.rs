@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use http::Response;
 
+use super::error::ProxyError;
+use super::state::Caller;
 use crate::audit::Outcome;
 use crate::body::ResponseBody;
-use crate::error::ProxyError;
 use crate::keys::Fingerprint;
-use crate::routes::Caller;
 
 /// Who sent a request, as far as the proxy could tell.
 pub(super) enum Who {

@@ -1,10 +1,10 @@
 //! The proxy itself, one step per file, in the order a request meets them:
 //!
 //! 1. [`service`]: the tower service for one caller connection; takes the current
-//!    [`Routes`] and hands the request to [`Proxy::handle`].
+//!    [`State`] and hands the request to [`Proxy::handle`].
 //! 2. [`handle`]: refuses what can't be proxied (`admit`), then
 //! 3. [`dispatch`]: who is calling (key → integration, unknown key, bearer, nobody) and
-//!    which route their plan picks ([`crate::cutover::route`]);
+//!    which route their plan picks ([`super::cutover::route`]);
 //! 4. [`forward`]: the request built for Coupa ([`outbound`], [`headers`], [`uri`]), sent
 //!    in its turn at the instance ([`pace`]: the rate limit, Coupa's 429s waited out)
 //!    ([`send`]), retried where [`retry::next_step`] says so, passed back;
@@ -12,10 +12,12 @@
 //! 5. [`record`]: whatever happened, recorded once for the audit, the metrics and the
 //!    access log.
 //!
-//! Every failure is a `ProxyError` (crate::error), turned into a response in one place;
+//! Every failure is a `ProxyError` ([`error`]), turned into a response in one place;
 //! what dispatch did with a request travels as a [`handled::Handled`].
 
+mod cutover;
 mod dispatch;
+pub mod error;
 mod forward;
 mod handle;
 mod handled;
@@ -28,9 +30,12 @@ mod retry;
 mod send;
 mod service;
 mod shadow;
+mod state;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use crate::upstream::{ServiceUpstream, Upstream};
 pub use peer::Peer;
 pub use service::ProxyService;
+pub use state::{Bystanders, Caller, Carried, State};

@@ -8,8 +8,8 @@ use std::time::Instant;
 use http::HeaderValue;
 
 use super::handled::Who;
+use super::state::State;
 use crate::audit::{Event, Outcome, Subject};
-use crate::routes::Routes;
 
 /// A finished request, as the tail sees it.
 pub(super) struct Done<'a> {
@@ -23,7 +23,7 @@ pub(super) struct Done<'a> {
     pub started: Instant,
 }
 
-pub(super) fn record(routes: &Routes, done: &Done<'_>) {
+pub(super) fn record(state: &State, done: &Done<'_>) {
     let event = Event {
         outcome: done.outcome,
         endpoint: done.endpoint,
@@ -32,8 +32,8 @@ pub(super) fn record(routes: &Routes, done: &Done<'_>) {
         user_agent: done.user_agent.and_then(|v| v.to_str().ok()),
         fallback_status: done.fallback_status,
     };
-    let recorder = &routes.recorder;
-    let bystanders = &routes.bystanders;
+    let recorder = &state.recorder;
+    let bystanders = &state.bystanders;
     match done.who {
         Who::Caller(c) => {
             recorder.record_in(&c.audit, &event);
@@ -52,7 +52,7 @@ pub(super) fn record(routes: &Routes, done: &Done<'_>) {
             bystanders.anonymous.inc(done.outcome);
         }
     }
-    if routes.config.server.access_log {
+    if state.config.server.access_log {
         tracing::info!(
             target: "keybridge::access",
             integration = %done.who.name(),

@@ -1,13 +1,24 @@
-//! What to do with Coupa's answer to an OAuth request: the one retry decision, apart
-//! from the I/O that carries it out ([`super::forward`]).
+//! What to do with Coupa's answer: the two resend decisions, apart from the I/O that
+//! carries them out — after a refused OAuth request ([`next_step`], carried out by
+//! [`super::forward`]) and after Coupa's rate limit ([`resend_when_limited`], carried
+//! out by [`super::pace`]).
 //!
+//! After a refused OAuth request:
 //! - `canary`: a 401/403 on OAuth is retried once with the key (the caller must not
 //!   break while the client's scopes are being sorted out) — if the body is held.
 //! - `oauth`: a 401 means the token was refused; it is retried once with a fresh token
 //!   — if the body is held (`oauth` holds only empty bodies: it never buffers).
 //! - Everything else, and anything after one retry, goes back to the caller as it is.
+//!
+//! After Coupa's 429 or 503: sent again, after Coupa's `Retry-After` or a jittered
+//! backoff, while the body is held, the method allows it (a 503 may come from a request
+//! Coupa began), the backoff ends before the request's deadline, and at most
+//! [`MAX_LIMITED_RESENDS`] times.
 
-use http::StatusCode;
+use std::time::Duration;
+
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, Method, StatusCode};
 
 /// The routes that send OAuth and so may be refused (key routes never retry: Coupa's
 /// answer to a key is the caller's answer).
@@ -47,6 +58,62 @@ pub fn next_step(route: OauthRoute, status: StatusCode, replayable: bool, attemp
 /// Whether Coupa's answer means it refused the token itself (drop it from the cache).
 pub fn token_refused(status: StatusCode) -> bool {
     status == StatusCode::UNAUTHORIZED
+}
+
+/// Sends after a 429/503 from Coupa, at most.
+pub const MAX_LIMITED_RESENDS: u32 = 3;
+/// First backoff without a `Retry-After`; doubled per retry, with jitter.
+pub const BASE_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Whether a request Coupa answered `status` (429/503) is sent again: `replayable` (its
+/// body is held), `attempt` resends so far, and whether the backoff `fits_deadline`.
+pub fn resend_when_limited(
+    status: StatusCode,
+    method: &Method,
+    replayable: bool,
+    attempt: u32,
+    fits_deadline: bool,
+) -> bool {
+    replayable
+        && attempt < MAX_LIMITED_RESENDS
+        && (status == StatusCode::TOO_MANY_REQUESTS || idempotent(method))
+        && fits_deadline
+}
+
+/// The backoff before resend `attempt` (from 0) when Coupa sent no `Retry-After`:
+/// [`BASE_BACKOFF`] doubled per resend (jitter is the caller's).
+pub fn backoff(attempt: u32) -> Duration {
+    BASE_BACKOFF * 2u32.pow(attempt)
+}
+
+/// Coupa's answers to too many requests (COUPA.md §3.4: 429, and 503).
+pub fn limited(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    )
+}
+
+/// A 503 may come from a request Coupa began: only methods safe to repeat are.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    )
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3); anything else,
+/// or more than 10 minutes, is ignored.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    (delay <= Duration::from_secs(600)).then_some(delay)
 }
 
 #[cfg(test)]
@@ -90,5 +157,72 @@ mod tests {
         assert!(token_refused(StatusCode::UNAUTHORIZED));
         assert!(!token_refused(StatusCode::FORBIDDEN));
         assert!(!token_refused(StatusCode::OK));
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(RETRY_AFTER, v.parse().unwrap());
+            retry_after(&m)
+        };
+        assert_eq!(h("3"), Some(Duration::from_secs(3)));
+        assert_eq!(h(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            h("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "past"
+        );
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let d = h(&soon).unwrap();
+        assert!(
+            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(h("soon"), None);
+        assert_eq!(h("-1"), None);
+        assert_eq!(h("86400"), None, "beyond 10 minutes is not a backoff");
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_rate_limit_answers_are_waited_out() {
+        assert!(limited(StatusCode::TOO_MANY_REQUESTS));
+        assert!(limited(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!limited(StatusCode::BAD_GATEWAY));
+        assert!(!limited(StatusCode::OK));
+        assert!(idempotent(&Method::GET) && idempotent(&Method::PUT));
+        assert!(!idempotent(&Method::POST) && !idempotent(&Method::PATCH));
+    }
+
+    #[test]
+    fn a_limited_request_is_resent_only_while_it_can_be() {
+        let (get, post) = (&Method::GET, &Method::POST);
+        let (s429, s503) = (
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+        assert!(resend_when_limited(s429, post, true, 0, true));
+        assert!(resend_when_limited(s503, get, true, 2, true));
+        assert!(
+            !resend_when_limited(s503, post, true, 0, true),
+            "a 503 POST may have begun"
+        );
+        assert!(
+            !resend_when_limited(s429, get, false, 0, true),
+            "body not held"
+        );
+        assert!(!resend_when_limited(
+            s429,
+            get,
+            true,
+            MAX_LIMITED_RESENDS,
+            true
+        ));
+        assert!(
+            !resend_when_limited(s429, get, true, 0, false),
+            "past the deadline"
+        );
+        assert_eq!(backoff(2), BASE_BACKOFF * 4);
     }
 }

@@ -11,23 +11,23 @@ use std::time::Instant;
 
 use http::{Request, Response};
 
+use super::error::ProxyError;
+use super::state::State;
 use crate::body::{BodyIdle, Inbound, UpstreamBody};
 use crate::config::Instance;
-use crate::error::ProxyError;
-use crate::routes::Routes;
 use crate::upstream::Upstream;
 
 /// Sends one request to `instance` within `upstream.response_timeout`.
 pub(crate) async fn send<B: Inbound, U: Upstream<B>>(
     upstream: &U,
-    routes: &Routes,
+    state: &State,
     request: Request<UpstreamBody<B>>,
     instance: &Instance,
 ) -> Result<Response<U::Body>, ProxyError> {
-    let limit = routes.config.upstream.response_timeout;
+    let limit = state.config.upstream.response_timeout;
     let started = Instant::now();
     let result = tokio::time::timeout(limit, upstream.send(request)).await;
-    routes.metrics.observe_upstream(started.elapsed());
+    state.metrics.observe_upstream(started.elapsed());
     match result {
         Ok(Ok(response)) if ambiguous_framing(response.headers()) => {
             // RFC 9112 §6.3: a message with both may be a smuggling or splitting attempt

@@ -1,6 +1,6 @@
 //! The proxy as a tower service for one caller connection.
 //!
-//! Each request runs on the [`Routes`] current when it arrives, so a reload never
+//! Each request runs on the [`State`] current when it arrives, so a reload never
 //! affects a request in progress and applies to the next one on every connection. The
 //! caller's body is wrapped in an idle timeout (`server.body_read_timeout`) so a trickled
 //! upload cannot hold a request open.
@@ -17,15 +17,15 @@ use std::marker::PhantomData;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 
-use super::handle::Proxy;
 use super::peer::Peer;
+use super::state::State;
+use super::view::Proxy;
 use crate::body::{IdleTimeout, Inbound, ResponseBody};
-use crate::routes::Routes;
 use crate::upstream::Upstream;
 
-/// The proxy service for one connection: the shared routes, this worker's upstream.
+/// The proxy service for one connection: the shared state, this worker's upstream.
 pub struct ProxyService<U> {
-    routes: Arc<ArcSwap<Routes>>,
+    state: Arc<ArcSwap<State>>,
     upstream: Arc<U>,
     peer: Peer,
 }
@@ -33,7 +33,7 @@ pub struct ProxyService<U> {
 impl<U> Clone for ProxyService<U> {
     fn clone(&self) -> Self {
         ProxyService {
-            routes: Arc::clone(&self.routes),
+            state: Arc::clone(&self.state),
             upstream: Arc::clone(&self.upstream),
             peer: self.peer.clone(),
         }
@@ -41,9 +41,9 @@ impl<U> Clone for ProxyService<U> {
 }
 
 impl<U> ProxyService<U> {
-    pub fn new(routes: Arc<ArcSwap<Routes>>, upstream: Arc<U>, peer: SocketAddr) -> Self {
+    pub fn new(state: Arc<ArcSwap<State>>, upstream: Arc<U>, peer: SocketAddr) -> Self {
         ProxyService {
-            routes,
+            state,
             upstream,
             peer: Peer::new(peer),
         }
@@ -60,11 +60,11 @@ impl<B: Inbound, U: Upstream<B>> tower::Service<Request<B>> for ProxyService<U> 
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let routes = self.routes.load_full();
-        let idle = routes.config.server.body_read_timeout;
+        let state = self.state.load_full();
+        let idle = state.config.server.body_read_timeout;
         let req = req.map(|body| IdleTimeout::new(body, idle));
         let proxy = Proxy {
-            routes,
+            state,
             upstream: Arc::clone(&self.upstream),
             peer: self.peer.clone(),
             body: PhantomData,

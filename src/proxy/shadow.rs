@@ -13,16 +13,16 @@ use super::headers::Credential;
 use super::outbound::Outbound;
 use super::retry::token_refused;
 use super::send::send;
+use super::state::{Caller, State};
 use crate::body::{Inbound, UpstreamBody};
 use crate::config::Client;
-use crate::routes::{Caller, Routes};
 use crate::upstream::Upstream;
 
 /// Bytes of a replayed response read before it is dropped.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
 pub(super) struct Replay<U> {
-    pub routes: Arc<Routes>,
+    pub state: Arc<State>,
     pub upstream: Arc<U>,
     pub caller: Arc<Caller>,
     pub client: Arc<Client>,
@@ -39,7 +39,7 @@ impl<U> Replay<U> {
     {
         let integration = &self.caller.integration;
         let client = &self.client;
-        let token = match self.routes.tokens.get(&client.name).await {
+        let token = match self.state.tokens.get(&client.name).await {
             Ok(token) => token,
             Err(e) => {
                 tracing::warn!(integration = %integration.name, client = %client.name, error = %e, "shadow replay skipped: no token");
@@ -48,7 +48,7 @@ impl<U> Replay<U> {
         };
         // A replay is an extra request: it takes a free slot of the instance's budget or
         // is skipped, never queued before a caller's request.
-        let shaper = self.routes.shaping.get(&client.instance);
+        let shaper = self.state.shaping.get(&client.instance);
         if let Some(shaper) = shaper
             && !shaper.try_now().await
         {
@@ -59,8 +59,7 @@ impl<U> Replay<U> {
         let request = self
             .request
             .into_request(Credential::Bearer(token.authorization()), body);
-        let oauth_status = match send(&*self.upstream, &self.routes, request, &client.instance)
-            .await
+        let oauth_status = match send(&*self.upstream, &self.state, request, &client.instance).await
         {
             Ok(response) => {
                 let status = response.status();
@@ -69,7 +68,7 @@ impl<U> Replay<U> {
                     .collect()
                     .await;
                 if token_refused(status) {
-                    self.routes.tokens.refused(&client.name, token.serial).await;
+                    self.state.tokens.refused(&client.name, token.serial).await;
                 }
                 if let Some(shaper) = shaper
                     && matches!(status.as_u16(), 429 | 503)
@@ -83,7 +82,7 @@ impl<U> Replay<U> {
                 return;
             }
         };
-        self.routes.recorder.record_shadow(
+        self.state.recorder.record_shadow(
             &self.caller.audit,
             &self.endpoint,
             self.key_status,

@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt as _;
 
+use super::state::State;
 use super::{ProxyService, ServiceUpstream};
 use crate::audit::{Outcome, Recorder, Subject};
 use crate::body::{BoxError, UpstreamBody};
@@ -20,13 +21,12 @@ use crate::bucket::RateLimiter;
 use crate::config::Config;
 use crate::keys::Fingerprint;
 use crate::metrics::Metrics;
-use crate::routes::Routes;
 use crate::token::TokenCache;
 
 const KEY: &str = "observe-key-0000000000000000000000000000";
 const DENIED: &str = "denied-key-00000000000000000000000000000";
 
-fn routes() -> Arc<ArcSwap<Routes>> {
+fn state() -> Arc<ArcSwap<State>> {
     let yaml = format!(
         "instances:\n  prod:\n    base_url: https://acme.coupahost.com\n\
          integrations:\n\
@@ -49,12 +49,12 @@ fn routes() -> Arc<ArcSwap<Routes>> {
         config.integrations.iter().map(|i| &i.name),
         10,
     ));
-    Arc::new(ArcSwap::from_pointee(Routes::new(
+    Arc::new(ArcSwap::from_pointee(State::new(
         config,
         tokens,
         recorder,
         metrics,
-        crate::routes::Carried {
+        super::state::Carried {
             shadow_limiter: Arc::new(RateLimiter::new(1)),
             replay_budget: Arc::new(tokio::sync::Semaphore::new(1024)),
             shaping: Arc::default(),
@@ -107,10 +107,10 @@ where
 
 #[tokio::test]
 async fn an_observe_request_reaches_only_the_instance_with_its_key_and_clean_headers() {
-    let routes = routes();
+    let state = state();
     let seen = Seen::default();
     let service = ProxyService::new(
-        Arc::clone(&routes),
+        Arc::clone(&state),
         upstream(&seen, Ok(StatusCode::OK)),
         peer(),
     );
@@ -143,7 +143,7 @@ async fn an_observe_request_reaches_only_the_instance_with_its_key_and_clean_hea
     );
     assert_eq!(sent.headers()["x-forwarded-for"], "10.0.0.7");
 
-    let batch = routes.load().recorder.take();
+    let batch = state.load().recorder.take();
     let (_, window) = batch
         .iter()
         .find(|(s, _)| *s == Subject::Integration("legacy".into()))
@@ -155,7 +155,7 @@ async fn an_observe_request_reaches_only_the_instance_with_its_key_and_clean_hea
 #[tokio::test]
 async fn a_denied_integration_never_reaches_the_upstream() {
     let seen = Seen::default();
-    let service = ProxyService::new(routes(), upstream(&seen, Ok(StatusCode::OK)), peer());
+    let service = ProxyService::new(state(), upstream(&seen, Ok(StatusCode::OK)), peer());
     let req = Request::get("/api/invoices")
         .header("x-coupa-api-key", DENIED)
         .body(Full::new(Bytes::new()))
@@ -170,7 +170,7 @@ async fn a_denied_integration_never_reaches_the_upstream() {
 async fn an_upstream_failure_is_a_502_naming_the_instance_not_the_cause() {
     let seen = Seen::default();
     let failing = upstream(&seen, Err("connection refused by 10.1.2.3"));
-    let service = ProxyService::new(routes(), failing, peer());
+    let service = ProxyService::new(state(), failing, peer());
     let req = Request::get("/api/invoices")
         .header("x-coupa-api-key", KEY)
         .body(Full::new(Bytes::new()))
@@ -192,7 +192,7 @@ async fn an_upstream_failure_is_a_502_naming_the_instance_not_the_cause() {
 async fn unknown_keys_and_missing_keys_are_refused_before_the_upstream() {
     let seen = Seen::default();
     for key in [Some("not-a-configured-key-000000000000000000"), None] {
-        let service = ProxyService::new(routes(), upstream(&seen, Ok(StatusCode::OK)), peer());
+        let service = ProxyService::new(state(), upstream(&seen, Ok(StatusCode::OK)), peer());
         let mut req = Request::get("/api/invoices");
         if let Some(key) = key {
             req = req.header("x-coupa-api-key", key);
@@ -208,10 +208,10 @@ async fn unknown_keys_and_missing_keys_are_refused_before_the_upstream() {
 /// (opening an upstream connection inline made it 40 KB of copying per request).
 #[tokio::test]
 async fn the_request_future_stays_small() {
-    use super::handle::Proxy;
+    use super::view::Proxy;
     let seen = Seen::default();
     let proxy = Proxy {
-        routes: routes().load_full(),
+        state: state().load_full(),
         upstream: upstream(&seen, Ok(StatusCode::OK)),
         peer: super::Peer::new(peer()),
         body: std::marker::PhantomData,

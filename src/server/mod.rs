@@ -1,6 +1,6 @@
 //! Listeners and lifecycle: bind, accept (HTTP/1.1 and HTTP/2), shut down gracefully.
 //!
-//! [`start`] builds the shared state once (token cache with its refreshers, routes,
+//! [`start`] builds the shared state once (token cache with its refreshers, the per-config state,
 //! audit, metrics: [`Core`]), binds the proxy and admin listeners and returns a
 //! [`Running`] handle; tests use it in-process on port 0, `main` until a signal.
 //!
@@ -171,7 +171,7 @@ pub async fn start_with_file(
     for index in 0..worker_count {
         let worker = worker::Worker {
             index,
-            routes: Arc::clone(core.routes()),
+            state: Arc::clone(core.state()),
             // Each worker gets its own upstream pool: connection tasks live on its thread.
             upstream: Arc::new(upstream::Pool::new(&config.upstream)?),
             tls: tls.clone(),

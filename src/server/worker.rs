@@ -13,7 +13,7 @@ use super::accept::Handoff;
 use super::conn;
 use crate::config::ServerSettings;
 use crate::proxy::ProxyService;
-use crate::routes::Routes;
+use crate::proxy::State;
 use crate::stack;
 use crate::upstream::Pool;
 
@@ -21,7 +21,7 @@ use crate::upstream::Pool;
 pub(super) struct Worker {
     pub index: usize,
     /// Shared by all workers, swapped on reload.
-    pub routes: Arc<ArcSwap<Routes>>,
+    pub state: Arc<ArcSwap<State>>,
     /// This worker's own pool.
     pub upstream: Arc<Pool>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -71,7 +71,7 @@ impl Worker {
                     let Some((std, peer, open)) = handoff else { break };
                     let Ok(stream) = TcpStream::from_std(std) else { continue };
                     let service = TowerToHyperService::new(stack::proxy_stack(
-                        ProxyService::new(Arc::clone(&self.routes), Arc::clone(&self.upstream), peer),
+                        ProxyService::new(Arc::clone(&self.state), Arc::clone(&self.upstream), peer),
                         &self.in_flight,
                         open.in_flight(),
                     ));

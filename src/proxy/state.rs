@@ -1,10 +1,10 @@
 //! Who may call, and what keybridge keeps beside each caller: built once per
 //! configuration, shared by every worker, swapped whole on reload.
 //!
-//! [`Routes`] is the request path's whole view of the world except the upstream
+//! [`State`] is the request path's whole view of the world except the upstream
 //! connection pool (per worker): the key map of integrations with their audit slots and
 //! metric counters, the policies for everyone else, the token cache, the recorder and
-//! the shadow rate limit. A request takes one `Arc<Routes>` when it arrives and runs on
+//! the shadow rate limit. A request takes one `Arc<State>` when it arrives and runs on
 //! it to the end, so a reload never changes a request in progress.
 
 use std::sync::Arc;
@@ -45,7 +45,7 @@ pub struct Carried {
 }
 
 /// The state every request runs on.
-pub struct Routes {
+pub struct State {
     pub config: Arc<Config>,
     pub tokens: TokenCache,
     pub recorder: Arc<Recorder>,
@@ -58,7 +58,7 @@ pub struct Routes {
     callers: KeyMap<Arc<Caller>>,
 }
 
-impl Routes {
+impl State {
     /// Builds the key map, slots and counters for `config`. The recorder must already
     /// hold a slot for every integration (see `Audit::adopt`).
     pub fn new(
@@ -112,7 +112,7 @@ impl Routes {
             unknown_flow: Arc::from("(unknown key)"),
             native_flow: Arc::from("(bearer caller)"),
         };
-        Routes {
+        State {
             config,
             tokens,
             recorder,
