@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use keybridge::cli::commands::{self, Failure};
 use keybridge::cli::{Cli, Command, LogFormat};
-use keybridge::commands::{self, Failure};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,6 +1,16 @@
-//! The crate's module graph has no cycles: for every pair of source files, at most one
-//! refers to the other (through `use`, or an inline `crate::…`/`super::…` path). A cycle
-//! means a leaf module is missing (body types, reload state, …); see STYLE.md.
+//! The crate's house: every module stands on a floor and imports only modules on its own
+//! floor or below (through `use`, or an inline `crate::…`/`super::…` path), and the
+//! module graph has no cycles. A climbing import or a cycle means something shared
+//! belongs a floor lower, or a leaf module is missing; see lib.rs and STYLE.md.
+//!
+//! | floor | modules |
+//! |---|---|
+//! | 6 | `cli` — the binary's faces |
+//! | 5 | `runtime` — one process: listeners, workers, admin, `build` |
+//! | 4 | `proxy` — one request |
+//! | 3 | `token`, `upstream`, `audit`, `shaping`, `tls`, `redis_link`, `metrics` — services |
+//! | 2 | `config` |
+//! | 1 | `body`, `bucket`, `keys`, `log`, `memory`, `outcome`, `paths`, `respond`, `scopes` — vocabulary |
 
 #![allow(
     clippy::unwrap_used,
@@ -139,12 +149,50 @@ fn paths(module: &str, text: &str, children: &BTreeSet<String>) -> Vec<Vec<Strin
         .collect()
 }
 
-#[test]
-fn no_two_source_files_import_each_other() {
-    let modules = modules();
-    assert!(modules.len() > 30, "found only {} modules", modules.len());
+/// The floor of each top-level module (see the table above).
+const FLOORS: &[(usize, &[&str])] = &[
+    (6, &["cli"]),
+    (5, &["runtime"]),
+    (4, &["proxy"]),
+    (
+        3,
+        &[
+            "token",
+            "upstream",
+            "audit",
+            "shaping",
+            "tls",
+            "redis_link",
+            "metrics",
+        ],
+    ),
+    (2, &["config"]),
+    (
+        1,
+        &[
+            "body", "bucket", "keys", "log", "memory", "outcome", "paths", "respond", "scopes",
+        ],
+    ),
+];
+
+/// The floor of `module` (by its top-level module); `None` for the crate root.
+fn floor(module: &str) -> Option<usize> {
+    let top = module.split("::").next().filter(|t| !t.is_empty())?;
+    let floor = FLOORS
+        .iter()
+        .find(|(_, names)| names.contains(&top))
+        .map(|(floor, _)| *floor);
+    assert!(
+        floor.is_some(),
+        "module `{top}` has no floor: add it to FLOORS (and to lib.rs's table)"
+    );
+    floor
+}
+
+/// Who imports whom: module → the modules (source files) it refers to.
+fn edges(modules: &BTreeMap<String, String>) -> BTreeMap<&str, BTreeSet<&str>> {
     let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (module, text) in &modules {
+    for (module, text) in modules {
         let prefix = if module.is_empty() {
             String::new()
         } else {
@@ -170,6 +218,58 @@ fn no_two_source_files_import_each_other() {
             }
         }
     }
+    edges
+}
+
+#[test]
+fn every_import_stays_on_its_floor_or_below() {
+    let modules = modules();
+    let edges = edges(&modules);
+    let mut climbing = Vec::new();
+    for (from, targets) in &edges {
+        for to in targets {
+            if let (Some(a), Some(b)) = (floor(from), floor(to))
+                && b > a
+            {
+                climbing.push(format!("{from} (floor {a}) imports {to} (floor {b})"));
+            }
+        }
+    }
+    assert!(
+        climbing.is_empty(),
+        "imports that climb a floor:\n{}",
+        climbing.join("\n")
+    );
+    // Every module has a floor (`floor` fails on one that has none).
+    for module in modules.keys() {
+        floor(module);
+    }
+}
+
+/// Start and reload build the per-config state through one function
+/// (`runtime::build::state`): nothing else constructs it, so what a reload carries is
+/// decided in one place.
+#[test]
+fn the_state_requests_run_on_is_built_in_one_place() {
+    let modules = modules();
+    let builders: Vec<&String> = modules
+        .iter()
+        // `proxy::tests` (compiled only for unit tests) builds one by hand.
+        .filter(|(module, text)| text.contains("State::new(") && !module.ends_with("::tests"))
+        .map(|(module, _)| module)
+        .collect();
+    assert_eq!(
+        builders,
+        ["runtime::build"],
+        "State::new called outside build"
+    );
+}
+
+#[test]
+fn no_two_source_files_import_each_other() {
+    let modules = modules();
+    assert!(modules.len() > 30, "found only {} modules", modules.len());
+    let edges = edges(&modules);
     // Depth-first search for a cycle.
     fn visit<'a>(
         m: &'a str,
@@ -210,7 +310,7 @@ fn no_two_source_files_import_each_other() {
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
     // The checker sees real edges (a vacuous graph would pass anything).
     assert!(edges["proxy::forward"].contains("proxy::outbound"));
-    assert!(edges["admin"].contains("reload"));
+    assert!(edges["runtime::admin"].contains("runtime::core"));
     assert!(
         edges["config"].contains("config::validate"),
         "relative paths count"

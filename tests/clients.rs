@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use keybridge::mock::MockHandle;
+use keybridge::cli::mock::MockHandle;
 use sha2::{Digest, Sha256};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -176,7 +176,7 @@ async fn keybridges_own_401s_say_which_header_to_send() {
 // ---- the real clients ----
 
 /// A keybridge in front of a fresh mock Coupa: plain, or with TLS on the listener.
-async fn through_keybridge(tls: bool) -> (MockHandle, keybridge::server::Running, String) {
+async fn through_keybridge(tls: bool) -> (MockHandle, keybridge::runtime::Running, String) {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let mut config = TestConfig::standard(&mock.base_url());
     if tls {
@@ -269,7 +269,7 @@ fn assert_coupa_saw_the_flow(mock: &MockHandle, client: &str) {
             );
         }
         assert!(
-            matches!(r.auth, keybridge::mock::MockAuth::Bearer { .. }),
+            matches!(r.auth, keybridge::cli::mock::MockAuth::Bearer { .. }),
             "{client}: {} without our bearer",
             r.target
         );
@@ -309,11 +309,11 @@ fn version(stdout: &str) -> &str {
 
 async fn java(client: &str, tls: bool) -> String {
     let (mock, _proxy, base) = through_keybridge(tls).await;
-    let mut cmd = require("java", "openjdk-17-jdk-headless");
+    let mut cmd = require("java", "openjdk-17-jre-headless");
     if tls {
         // The listener's CA, as a Java trust store.
         let store = temp_path("trust.p12");
-        let status = require("keytool", "openjdk-17-jdk-headless")
+        let status = require("keytool", "openjdk-17-jre-headless")
             .args([
                 "-importcert",
                 "-noprompt",

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use keybridge::mock::{MockAuth, MockCoupa, MockHandle};
-use keybridge::server::Running;
+use keybridge::cli::mock::{MockAuth, MockCoupa, MockHandle};
+use keybridge::runtime::Running;
 use serde_json::Value;
 use support::*;
 

@@ -72,7 +72,7 @@ async fn the_dashboard_renders_progress_states_advice_and_unknown_keys() {
         .start(([127, 0, 0, 1], 0).into())
         .await
         .unwrap();
-    let test_instance = keybridge::mock::MockCoupa::new()
+    let test_instance = keybridge::cli::mock::MockCoupa::new()
         .api_key(OBSERVED_KEY)
         .start(([127, 0, 0, 1], 0).into())
         .await

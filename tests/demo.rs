@@ -63,7 +63,7 @@ async fn the_demo_swaps_the_key_and_stops_cleanly_on_sigterm() {
     let admin = addr_after(&text, "admin:");
     wait_ready(admin).await;
 
-    let key = keybridge::demo::DEMO_API_KEY;
+    let key = keybridge::cli::demo::DEMO_API_KEY;
     assert!(
         text.contains(key),
         "the printed curl commands carry the demo key"

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Output;
 
 use http::StatusCode;
-use keybridge::mock::MockCoupa;
+use keybridge::cli::mock::MockCoupa;
 use support::process::{Process, keybridge};
 use support::*;
 

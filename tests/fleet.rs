@@ -354,7 +354,7 @@ fn many_clients(base_url: &str, replica: &str, redis: &str, prefix: &str, settle
     })
 }
 
-fn many_clients_mock() -> keybridge::mock::MockCoupa {
+fn many_clients_mock() -> keybridge::cli::mock::MockCoupa {
     let mut mock = mock();
     for i in 0..CLIENTS {
         mock = mock.client(

@@ -15,23 +15,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use keybridge::mock::{MockAuth, MockCoupa};
+use keybridge::cli::mock::{MockAuth, MockCoupa};
 use support::*;
 
 const SECOND_KEY: &str = "second-key-000000000000000000000000000000";
 
 /// A config file on disk (reload reads it), started with the file remembered.
-async fn start_from_file(yaml: &str) -> (std::path::PathBuf, keybridge::server::Running) {
+async fn start_from_file(yaml: &str) -> (std::path::PathBuf, keybridge::runtime::Running) {
     let _ = logs(); // install the log capture
     let path = temp_path("config.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let source = keybridge::server::ConfigSource {
+    let source = keybridge::runtime::ConfigSource {
         path: path.clone(),
         env: Arc::new(env()),
     };
     let config = parse(yaml);
     support::leak::note_secrets(&config);
-    let running = keybridge::server::start_with_file(config, Some(source))
+    let running = keybridge::runtime::start_with_file(config, Some(source))
         .await
         .unwrap();
     support::leak::watch(&running);

@@ -15,8 +15,8 @@ mod support;
 
 use std::sync::OnceLock;
 
-use keybridge::mock::{MockAuth, MockHandle};
-use keybridge::server::Running;
+use keybridge::cli::mock::{MockAuth, MockHandle};
+use keybridge::runtime::Running;
 use proptest::prelude::*;
 use support::*;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use keybridge::mock::MockAuth;
+use keybridge::cli::mock::MockAuth;
 use support::*;
 
 #[tokio::test]

@@ -15,7 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use keybridge::mock::TokenFailure;
+use keybridge::cli::mock::TokenFailure;
 use support::raw::RawUpstream;
 use support::*;
 
@@ -272,8 +272,8 @@ async fn proxy_to_raw(
     canary: bool,
 ) -> (
     RawUpstream,
-    keybridge::mock::MockHandle,
-    keybridge::server::Running,
+    keybridge::cli::mock::MockHandle,
+    keybridge::runtime::Running,
 ) {
     let raw = RawUpstream::start().await;
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();

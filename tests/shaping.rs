@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use keybridge::cli::mock::MockHandle;
 use keybridge::keys::Fingerprint;
-use keybridge::mock::MockHandle;
 use support::process::{Process, keybridge};
 use support::*;
 
@@ -142,7 +142,7 @@ fn seen_by(mock: &MockHandle, window: Duration) -> Seen {
     }
 }
 
-fn coupa() -> keybridge::mock::MockCoupa {
+fn coupa() -> keybridge::cli::mock::MockCoupa {
     mock().rate_limit(25.0, 20)
 }
 

@@ -12,7 +12,7 @@ mod support;
 
 use std::process::Command;
 
-use keybridge::mock::MockCoupa;
+use keybridge::cli::mock::MockCoupa;
 use support::*;
 
 async fn test_credentials(yaml: String, client: &str) -> (i32, String, String) {

@@ -208,7 +208,7 @@ async fn token_endpoint_down_gives_503_naming_the_client_without_the_secret() {
 
 #[tokio::test]
 async fn a_rejected_secret_gives_503_and_logs_coupas_error_but_not_the_secret() {
-    let m = keybridge::mock::MockCoupa::new().client(
+    let m = keybridge::cli::mock::MockCoupa::new().client(
         "erp-sync-client",
         "the-real-secret",
         &["core.invoice.read"],
@@ -283,7 +283,7 @@ async fn a_scope_the_client_lacks_is_reported_as_invalid_scope() {
 
 #[tokio::test]
 async fn a_rejected_secret_is_not_retried_on_every_request() {
-    let m = keybridge::mock::MockCoupa::new().client("erp-sync-client", "rotated-secret", &[]);
+    let m = keybridge::cli::mock::MockCoupa::new().client("erp-sync-client", "rotated-secret", &[]);
     let mock = m.start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let proxy = start_proxy(&config_yaml(&mock.base_url(), "")).await;
     let client = client();

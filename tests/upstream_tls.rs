@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use http::StatusCode;
-use keybridge::mock::MockAuth;
+use keybridge::cli::mock::MockAuth;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use support::*;

@@ -22,14 +22,14 @@ use moka::ops::compute::{CompResult, Op};
 use tokio::task::JoinHandle;
 
 use super::oauth::{self, TokenError};
-use super::shared::{Lease, SharedHealth, SharedToken, SharedTokens, Tally, now_ms};
+use super::shared::{SharedHealth, SharedTokens};
 use crate::config::{Client, TokenSettings};
 use crate::metrics::Metrics;
 use crate::upstream::HttpClient;
 
 /// A cached access token and its timetable.
 pub struct Token {
-    authorization: HeaderValue,
+    pub(super) authorization: HeaderValue,
     /// When the token request was sent (lifetimes count from here, so the round trip
     /// is never credited as token life).
     pub requested_at: Instant,
@@ -98,6 +98,17 @@ impl Slot {
     }
 }
 
+/// Who replaces a token Coupa refused, as the fleet decides it.
+pub(super) enum Replacement {
+    /// This replica fetches it (it claimed the replacement, or there is no fleet cache,
+    /// or Redis is away and the local rule decided).
+    FetchHere,
+    /// Another replica claimed it within `token.min_refetch_interval` and stored this.
+    Theirs(Token),
+    /// Another replica claimed it but stored nothing in time: keep serving the old one.
+    Keep,
+}
+
 /// Fetch history of one client, for readiness, status pages and logs. Never the token.
 #[derive(Debug, Clone, Default)]
 pub struct ClientStatus {
@@ -114,22 +125,22 @@ pub struct ClientStatus {
     last_forced: Option<Instant>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     cache: moka::future::Cache<Arc<str>, Slot>,
-    clients: HashMap<Arc<str>, Arc<Client>>,
-    status: HashMap<Arc<str>, Mutex<ClientStatus>>,
-    http: HttpClient,
-    settings: TokenSettings,
-    serial: AtomicU64,
-    metrics: Arc<Metrics>,
+    pub(super) clients: HashMap<Arc<str>, Arc<Client>>,
+    pub(super) status: HashMap<Arc<str>, Mutex<ClientStatus>>,
+    pub(super) http: HttpClient,
+    pub(super) settings: TokenSettings,
+    pub(super) serial: AtomicU64,
+    pub(super) metrics: Arc<Metrics>,
     /// The fleet's Redis cache (`fleet.redis_url`), if any.
-    shared: Option<Arc<SharedTokens>>,
+    pub(super) shared: Option<Arc<SharedTokens>>,
 }
 
 /// The token cache. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenCache {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 /// Aborts the background refreshers when dropped.
@@ -361,45 +372,15 @@ impl TokenCache {
                     }
                     status.last_forced = Some(now);
                 }
-                if let Some(shared) = &self.inner.shared {
-                    match shared.claim_forced(&config, settings.min_refetch_interval).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            // Another replica claimed the replacement within the interval:
-                            // wait (at most a token request) for its new token, else keep
-                            // this one.
-                            let deadline = Instant::now() + settings.request_timeout;
-                            let mut theirs = None;
-                            loop {
-                                if let Ok(Some(t)) = shared.load(&config).await
-                                    && token_id(&t.authorization) != slot.current.id
-                                {
-                                    theirs = Some(t);
-                                    break;
-                                }
-                                if Instant::now() >= deadline {
-                                    break;
-                                }
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                            return Ok(match theirs {
-                                Some(t) if token_id(&t.authorization) != slot.current.id
-                                    && now_ms() < t.expires_at_ms =>
-                                {
-                                    shared.tally(Tally::Read, &self.inner.metrics);
-                                    Op::Put(Slot {
-                                        current: Arc::new(self.adopt(&config.name, t)),
-                                        previous: Some(slot.current),
-                                    })
-                                }
-                                _ => {
-                                    tracing::warn!(client, serial, "Coupa refused the token; another replica already replaced it within token.min_refetch_interval");
-                                    Op::Nop
-                                }
-                            });
-                        }
-                        Err(_) => {} // Redis away: the local rule above decided
+                match self.fleet_replacement(&config, &slot.current).await {
+                    Replacement::FetchHere => {}
+                    Replacement::Theirs(token) => {
+                        return Ok(Op::Put(Slot {
+                            current: Arc::new(token),
+                            previous: Some(slot.current),
+                        }));
                     }
+                    Replacement::Keep => return Ok(Op::Nop),
                 }
                 tracing::warn!(client, serial, "Coupa refused the token; fetching a replacement (the refused one serves until it has settled)");
                 let token = self.obtain(&config, Some(slot.current.id)).await?;
@@ -414,141 +395,6 @@ impl TokenCache {
         }
     }
 
-    /// A new token for `client`. With the fleet's Redis cache: a fresh token another
-    /// replica stored, or the one a replica minting right now stores, else one fetched
-    /// here under the client's lease and stored for the others. Without it, or when
-    /// Redis does not answer: fetched here. `refused`: a token Coupa refused, never
-    /// taken back from Redis.
-    async fn obtain(&self, client: &Client, refused: Option<u64>) -> Result<Token, TokenError> {
-        let Some(shared) = self.inner.shared.as_ref() else {
-            return self.fetch(client).await;
-        };
-        let fresh = |t: &SharedToken| {
-            let now = now_ms();
-            now < t.refresh_at_ms
-                && now < t.expires_at_ms
-                && Some(token_id(&t.authorization)) != refused
-        };
-        let read = |t: SharedToken| {
-            shared.tally(Tally::Read, &self.inner.metrics);
-            Ok(self.adopt(&client.name, t))
-        };
-        let local = || {
-            shared.tally(Tally::Local, &self.inner.metrics);
-            self.fetch(client)
-        };
-        match shared.load(client).await {
-            Ok(Some(t)) if fresh(&t) => return read(t),
-            Ok(_) => {}
-            Err(_) => return local().await,
-        }
-        let lease = self.inner.settings.request_timeout + Duration::from_secs(5);
-        // Two rounds: if the replica minting for us gives up (its fetch failed, or it
-        // died and its lease lapsed), take the lease ourselves rather than all waiting
-        // out the lease and then all fetching at once.
-        for _round in 0..2 {
-            match shared.lease(client, lease).await {
-                Ok(Lease::Held(owner)) => {
-                    // A token may have landed between the read and the lease.
-                    if let Ok(Some(t)) = shared.load(client).await
-                        && fresh(&t)
-                    {
-                        shared.release(client, &owner).await;
-                        return read(t);
-                    }
-                    let result = self.fetch(client).await;
-                    let result = match result {
-                        Ok(token) => match shared.store(client, &self.shareable(&token)).await {
-                            Ok(true) => {
-                                shared.tally(Tally::Written, &self.inner.metrics);
-                                Ok(token)
-                            }
-                            // A record that looks newer is stored (another replica's
-                            // clock runs ahead): use that one, as the fleet does.
-                            Ok(false) => match shared.load(client).await {
-                                Ok(Some(t)) if fresh(&t) => read(t),
-                                _ => Ok(token),
-                            },
-                            Err(e) => {
-                                tracing::warn!(client = %client.name, error = %e, "could not share the new token");
-                                Ok(token)
-                            }
-                        },
-                        Err(e) => Err(e),
-                    };
-                    shared.release(client, &owner).await;
-                    return result;
-                }
-                Ok(Lease::Taken) => {
-                    // Another replica is minting: wait for its token while it holds the
-                    // lease, at most one lease long.
-                    let deadline = Instant::now() + lease;
-                    while Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        match shared.load(client).await {
-                            Ok(Some(t)) if fresh(&t) => return read(t),
-                            Ok(_) => {}
-                            Err(_) => return local().await,
-                        }
-                        match shared.leased(client).await {
-                            Ok(true) => {}
-                            Ok(false) => break, // released or lapsed without a token
-                            Err(_) => return local().await,
-                        }
-                    }
-                }
-                Err(_) => return local().await,
-            }
-        }
-        local().await
-    }
-
-    /// A token another replica stored, on this replica's clock.
-    fn adopt(&self, client: &str, t: SharedToken) -> Token {
-        let (now, now_wall) = (Instant::now(), now_ms());
-        let at = |ms: i64| {
-            if ms >= now_wall {
-                now + Duration::from_millis((ms - now_wall) as u64)
-            } else {
-                now.checked_sub(Duration::from_millis((now_wall - ms) as u64))
-                    .unwrap_or(now)
-            }
-        };
-        self.inner
-            .metrics
-            .token_expiry(client, t.expires_at_ms / 1000);
-        Token {
-            id: token_id(&t.authorization),
-            authorization: t.authorization,
-            requested_at: at(t.requested_at_ms),
-            usable_at: at(t.usable_at_ms),
-            refresh_at: at(t.refresh_at_ms),
-            expires_at: at(t.expires_at_ms),
-            expires_at_wall: std::time::UNIX_EPOCH
-                + Duration::from_millis(t.expires_at_ms.max(0) as u64),
-            serial: self.inner.serial.fetch_add(1, Ordering::Relaxed) + 1,
-        }
-    }
-
-    /// This replica's token in the fleet's terms (wall-clock milliseconds).
-    fn shareable(&self, token: &Token) -> SharedToken {
-        let (now, now_wall) = (Instant::now(), now_ms());
-        let ms = |i: Instant| {
-            if i >= now {
-                now_wall + i.duration_since(now).as_millis() as i64
-            } else {
-                now_wall - now.duration_since(i).as_millis() as i64
-            }
-        };
-        SharedToken {
-            authorization: token.authorization.clone(),
-            requested_at_ms: ms(token.requested_at),
-            usable_at_ms: ms(token.usable_at),
-            refresh_at_ms: ms(token.refresh_at),
-            expires_at_ms: ms(token.expires_at),
-        }
-    }
-
     /// The fleet cache's target and state, when there is one.
     pub fn shared_health(&self) -> Option<(String, SharedHealth)> {
         self.inner
@@ -557,7 +403,7 @@ impl TokenCache {
             .map(|s| (s.target().to_owned(), s.health()))
     }
 
-    async fn fetch(&self, client: &Client) -> Result<Token, TokenError> {
+    pub(super) async fn fetch(&self, client: &Client) -> Result<Token, TokenError> {
         let settings = &self.inner.settings;
         let requested_at = Instant::now();
         let result = oauth::request_token(&self.inner.http, client, settings.request_timeout).await;
@@ -759,7 +605,7 @@ fn token_lifetime(t: &Token) -> Duration {
 }
 
 /// The fleet-wide id of a token: the first 8 bytes of the SHA-256 of its header value.
-fn token_id(authorization: &HeaderValue) -> u64 {
+pub(super) fn token_id(authorization: &HeaderValue) -> u64 {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(authorization.as_bytes());
     let mut id = [0u8; 8];

@@ -13,7 +13,7 @@ use std::sync::{Mutex, OnceLock};
 
 use http::HeaderMap;
 use keybridge::config::Config;
-use keybridge::server::Running;
+use keybridge::runtime::Running;
 
 pub fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("leak-scan")

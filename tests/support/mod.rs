@@ -20,9 +20,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use keybridge::cli::mock::{MockCoupa, MockHandle};
 use keybridge::config::Config;
-use keybridge::mock::{MockCoupa, MockHandle};
-use keybridge::server::Running;
+use keybridge::runtime::Running;
 
 pub mod config;
 pub mod leak;
@@ -110,7 +110,7 @@ pub async fn start_proxy(yaml: &str) -> Running {
     log_buffer();
     let config = parse(yaml);
     leak::note_secrets(&config);
-    let running = keybridge::server::start(config).await.unwrap();
+    let running = keybridge::runtime::start(config).await.unwrap();
     leak::watch(&running);
     running
 }

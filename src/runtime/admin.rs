@@ -32,8 +32,8 @@ use base64::Engine as _;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use sha2::{Digest, Sha256};
 
+use super::core::Core;
 use crate::config::Secret;
-use crate::reload::Core;
 use crate::respond::json_error;
 
 /// The dashboard page, compiled into the binary.

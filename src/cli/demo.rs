@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::cli::DemoArgs;
+use super::args::DemoArgs;
+use super::mock::{MockCoupa, MockHandle};
 use crate::config::Config;
-use crate::mock::{MockCoupa, MockHandle};
-use crate::server::Running;
+use crate::runtime::Running;
 
 /// The demo integration's API key (it exists only in the demo's mock).
 pub const DEMO_API_KEY: &str = "demo0000000000000000000000000000000000ke";
@@ -81,7 +81,7 @@ audit:
     let config_path = dir.join("config.yaml");
     std::fs::write(&config_path, &config_yaml)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", config_path.display()))?;
-    let proxy = crate::server::start(config).await?;
+    let proxy = crate::runtime::start(config).await?;
     Ok(Demo {
         mock,
         proxy,

@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::accept::Handoff;
 use super::conn;
+use super::stack;
 use crate::config::ServerSettings;
 use crate::proxy::ProxyService;
 use crate::proxy::State;
-use crate::stack;
 use crate::upstream::Pool;
 
 /// What one worker runs with.

@@ -1,8 +1,12 @@
-//! Listeners and lifecycle: bind, accept (HTTP/1.1 and HTTP/2), shut down gracefully.
+//! One process (floor 5): listeners and lifecycle — bind, accept (HTTP/1.1 and
+//! HTTP/2), serve the admin listener, reload, shut down gracefully.
 //!
-//! [`start`] builds the shared state once (token cache with its refreshers, the per-config state,
-//! audit, metrics: [`Core`]), binds the proxy and admin listeners and returns a
-//! [`Running`] handle; tests use it in-process on port 0, `main` until a signal.
+//! [`start`] opens the long-lived services (token cache with its refreshers, audit,
+//! metrics, the fleet's budget) and builds the state requests run on through
+//! [`build`] (which a reload goes through too, passing the state it replaces), keeps
+//! both in a [`Core`] ([`core`]: what a reload swaps, what it keeps), binds the proxy
+//! and admin ([`admin`]) listeners and returns a [`Running`] handle; tests use it
+//! in-process on port 0, `main` until a signal.
 //!
 //! Threading: one acceptor ([`accept`]) hands proxy connections round-robin to
 //! `server.workers` worker threads ([`worker`]), each running a single-threaded tokio
@@ -14,7 +18,11 @@
 
 mod accept;
 mod activity;
+mod admin;
+mod build;
 mod conn;
+mod core;
+mod stack;
 mod worker;
 
 use std::net::SocketAddr;
@@ -24,19 +32,16 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin;
 use crate::audit::{Audit, StoreError};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::reload::Core;
 use crate::shaping::FleetBudget;
-use crate::stack;
 use crate::tls::TlsSetupError;
 use crate::token::TokenCache;
 use crate::token::shared::SharedTokens;
 use crate::upstream;
 
-pub use crate::reload::ConfigSource;
+pub use self::core::{ConfigSource, Core, ReloadError, ReloadSummary};
 pub(crate) use conn::serve;
 use conn::signalled;
 

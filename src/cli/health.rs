@@ -12,7 +12,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::TokioIo;
 
-use crate::cli::HealthProbe;
+use super::args::HealthProbe;
 
 /// The most of a reply's body kept for the message (readiness reasons are short).
 const MAX_BODY: usize = 4096;

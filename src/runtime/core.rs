@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use super::build::{self, Services};
 use crate::audit::Audit;
 use crate::bucket::RateLimiter;
 use crate::config::{Config, ConfigError, Env};
 use crate::metrics::Metrics;
-use crate::proxy::{Carried, State};
-use crate::shaping::{FleetBudget, Shaping};
+use crate::proxy::State;
+use crate::shaping::FleetBudget;
 use crate::token::cache::Refreshers;
 use crate::token::{TokenCache, TokenError};
 
@@ -72,7 +73,8 @@ pub struct ReloadSummary {
 }
 
 impl Core {
-    /// The state for `config`, with the token refreshers started.
+    /// The state for `config`, built by [`build::state`], with the token refreshers
+    /// started.
     pub fn new(
         config: Arc<Config>,
         tokens: TokenCache,
@@ -82,19 +84,13 @@ impl Core {
         admin_bound: std::net::SocketAddr,
         fleet_budget: Option<Arc<FleetBudget>>,
     ) -> Core {
-        let carried = Carried {
-            shadow_limiter: Arc::new(RateLimiter::new(config.cutover.shadow_max_per_second)),
-            replay_budget: Arc::new(replay_budget(&config)),
-            shaping: Arc::new(Shaping::new(&config, None, fleet_budget.as_ref(), &metrics)),
-        };
         let refreshers = tokens.spawn_refreshers();
-        let state = State::new(
-            config,
-            tokens,
-            Arc::clone(&audit.recorder),
-            Arc::clone(&metrics),
-            carried,
-        );
+        let services = Services {
+            recorder: &audit.recorder,
+            metrics: &metrics,
+            fleet_budget: fleet_budget.as_ref(),
+        };
+        let state = build::state(config, tokens, &services, None);
         Core {
             state: Arc::new(ArcSwap::from_pointee(state)),
             refreshers: Mutex::new(refreshers),
@@ -166,40 +162,16 @@ impl Core {
         }
         self.audit.adopt(&next);
         let next = Arc::new(next);
-        // The shadow rate limit and the replay budget carry over unless their setting
-        // changed (the budget's permits may be held by requests in progress); each
-        // instance's shaper carries over by name, with its new limit.
-        let current = self.state.load_full();
-        let (was, now) = (&current.config.cutover, &next.cutover);
-        let shadow_limiter = carry(
-            &current.shadow_limiter,
-            was.shadow_max_per_second == now.shadow_max_per_second,
-            || RateLimiter::new(now.shadow_max_per_second),
-        );
-        let replay_budget = carry(
-            &current.replay_budget,
-            was.replay_buffer_budget == now.replay_buffer_budget,
-            || replay_budget(&next),
-        );
-        let shaping = Arc::new(Shaping::new(
-            &next,
-            Some(&current.shaping),
-            self.fleet_budget.as_ref(),
-            &self.metrics,
-        ));
-        drop(current);
         let refreshers = tokens.spawn_refreshers();
-        self.state.store(Arc::new(State::new(
-            Arc::clone(&next),
-            tokens,
-            Arc::clone(&self.audit.recorder),
-            Arc::clone(&self.metrics),
-            Carried {
-                shadow_limiter,
-                replay_budget,
-                shaping,
-            },
-        )));
+        let services = Services {
+            recorder: &self.audit.recorder,
+            metrics: &self.metrics,
+            fleet_budget: self.fleet_budget.as_ref(),
+        };
+        let current = self.state.load_full();
+        let state = build::state(Arc::clone(&next), tokens, &services, Some(&current));
+        drop(current);
+        self.state.store(Arc::new(state));
         // The old refreshers stop here (aborted on drop).
         *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()) = refreshers;
         for setting in &restart_needed {
@@ -215,21 +187,6 @@ impl Core {
         crate::memory::release_freed();
         Ok(summary)
     }
-}
-
-/// `current` if its setting is `unchanged`, else a new one.
-fn carry<T>(current: &Arc<T>, unchanged: bool, make: impl FnOnce() -> T) -> Arc<T> {
-    if unchanged {
-        Arc::clone(current)
-    } else {
-        Arc::new(make())
-    }
-}
-
-/// The canary replay budget in KiB permits.
-fn replay_budget(config: &Config) -> tokio::sync::Semaphore {
-    let kib = usize::try_from(config.cutover.replay_buffer_budget / 1024).unwrap_or(usize::MAX);
-    tokio::sync::Semaphore::new(kib.min(tokio::sync::Semaphore::MAX_PERMITS))
 }
 
 /// Settings that a reload cannot apply to running listeners and pools.

@@ -147,7 +147,7 @@ impl MockCoupa {
         });
         let (shutdown, mut rx) = watch::channel(false);
         let svc_state = Arc::clone(&state);
-        let task = tokio::spawn(crate::server::serve(
+        let task = tokio::spawn(crate::runtime::serve(
             listener,
             move |_peer| {
                 let state = Arc::clone(&svc_state);

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::cli::{
+use super::args::{
     AuditArgs, AuditFormat, BackupArgs, Command, DemoArgs, HealthArgs, MockArgs,
     TestCredentialsArgs,
 };
+use super::mock::MockCoupa;
 use crate::config::{Config, ProcessEnv};
 use crate::keys::Fingerprint;
-use crate::mock::MockCoupa;
-use crate::reload::{ConfigSource, Core};
+use crate::runtime::{ConfigSource, Core};
 
 /// A command that did not succeed: what to print on stderr, and the exit code.
 #[derive(Debug)]
@@ -74,7 +74,7 @@ async fn run(path: &Path) -> Result<(), Failure> {
         path: path.to_owned(),
         env: Arc::new(ProcessEnv),
     };
-    let running = crate::server::start_with_file(config, Some(source))
+    let running = crate::runtime::start_with_file(config, Some(source))
         .await
         .map_err(anyhow::Error::from)?;
     drop(prompt_release);
@@ -197,7 +197,7 @@ async fn test_credentials(path: &Path, args: &TestCredentialsArgs) -> Result<(),
         let _ = write_stdout(&format!("{line}\n"));
     };
     let recorded = recorded_endpoints(&config, &args.client).await;
-    match crate::credentials::check(&config, client, &recorded, &mut say).await {
+    match super::test_credentials::check(&config, client, &recorded, &mut say).await {
         Ok(()) => {
             say(&format!("OK: client `{}` can call Coupa", args.client));
             Ok(())
@@ -215,10 +215,10 @@ async fn health(path: &Path, args: &HealthArgs) -> Result<(), Failure> {
         None => {
             let config = Config::load_without_secrets(path)
                 .with_context(|| format!("invalid configuration {}", path.display()))?;
-            crate::health::target(config.admin_listen)
+            super::health::target(config.admin_listen)
         }
     };
-    match crate::health::probe(addr, args.probe, args.timeout).await {
+    match super::health::probe(addr, args.probe, args.timeout).await {
         Ok(summary) => {
             let _ = write_stdout(&format!("{summary}\n"));
             Ok(())
@@ -229,7 +229,10 @@ async fn health(path: &Path, args: &HealthArgs) -> Result<(), Failure> {
 
 /// What the audit recorded of the integrations using `client`: empty when there is no
 /// audit yet (or it cannot be read: the check then goes on without it).
-async fn recorded_endpoints(config: &Config, client: &str) -> Vec<crate::credentials::Recorded> {
+async fn recorded_endpoints(
+    config: &Config,
+    client: &str,
+) -> Vec<super::test_credentials::Recorded> {
     if !config.audit.enabled || recorded_audit(config).is_err() {
         return Vec::new();
     }
@@ -253,7 +256,7 @@ async fn recorded_endpoints(config: &Config, client: &str) -> Vec<crate::credent
             let name = i.name;
             i.endpoints
                 .into_iter()
-                .map(move |e| crate::credentials::Recorded {
+                .map(move |e| super::test_credentials::Recorded {
                     integration: name.clone(),
                     endpoint: e.endpoint,
                     scope: e.scope,
@@ -291,9 +294,9 @@ async fn mock_coupa(args: MockArgs) -> Result<(), Failure> {
 }
 
 async fn demo(args: &DemoArgs) -> Result<(), Failure> {
-    let demo = crate::demo::start(args).await?;
+    let demo = super::demo::start(args).await?;
     // A closed stdout (piped into `head`, say) must not stop the demo.
-    let _ = write_stdout(&crate::demo::instructions(&demo));
+    let _ = write_stdout(&super::demo::instructions(&demo));
     shutdown_signal().await;
     demo.proxy.shutdown().await;
     demo.mock.stop().await;
