@@ -70,7 +70,7 @@ pub struct BackupArgs {
 #[derive(Debug, clap::Args)]
 pub struct HealthArgs {
     /// The admin listener to ask (default: `admin_listen` from the config; 0.0.0.0 and
-    /// [::] are asked on loopback).
+    /// `[::]` are asked on loopback).
     #[arg(long)]
     pub addr: Option<SocketAddr>,
     /// `ready` (`/readyz`: tokens settled, audit writable) or `live` (`/healthz`: the

@@ -1,10 +1,10 @@
 //! Configuration: one YAML file, parsed into plain serde types, validated once.
 //!
 //! [`raw`] is the file's shape, [`validate`] its rules, [`model`] what they produce,
-//! [`values`] the value syntaxes (sizes, URLs), [`env`] the `${VAR}` expansion.
+//! [`values`] the value syntaxes (sizes, URLs), [`env`](mod@env) the `${VAR}` expansion.
 //!
 //! Loading goes YAML text → YAML tree → `${VAR}` expansion (per string, see
-//! [`env`]) → raw serde structs (`deny_unknown_fields`, so typos fail) → validated
+//! [`env`](mod@env)) → raw serde structs (`deny_unknown_fields`, so typos fail) → validated
 //! runtime types with parsed URLs, durations, digests and [`Secret`]s. Every error names
 //! the field it is about (`clients.erp-sync.instance: ...`), and validation reports all
 //! problems it finds, not just the first. Nothing after [`Config::load`] re-checks.

@@ -5,7 +5,7 @@
 //! leaf [`state`].
 //!
 //! 1. [`service`]: the tower service for one caller connection; takes the current
-//!    [`State`] and hands the request to [`Proxy::handle`].
+//!    [`State`] and hands the request to [`view::Proxy`]`::handle`.
 //! 2. [`handle`]: refuses what can't be proxied (`admit`), then
 //! 3. [`dispatch`]: who is calling (key → integration, unknown key, bearer, nobody) and
 //!    which route their plan picks ([`cutover::route`]);

@@ -20,7 +20,7 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    /// `target` is the caller's path and query, already checked by [`super::admit`].
+    /// `target` is the caller's path and query, already checked by `admit` ([`super::handle`]).
     pub(crate) fn new(
         method: Method,
         target: PathAndQuery,

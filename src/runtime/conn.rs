@@ -35,6 +35,47 @@ impl Deadlines {
     }
 }
 
+/// A service hyper serves connections with (the proxy stack, the admin service, the
+/// mock Coupa), named once instead of at every function that serves.
+pub trait Served<B>:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + Unpin + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> Served<B> for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + Unpin + 'static,
+        > + Send
+        + 'static
+{
+}
+
+/// A response body hyper can send on a served connection.
+pub trait ServedBody:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> ServedBody for B where
+    B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// How connections are served: HTTP/1.1, or HTTP/2 where the caller asks for it (ALPN
 /// `h2` over TLS, the prior-knowledge preface in cleartext). Each connection goes
 /// straight to hyper's HTTP/1 or HTTP/2 server, without hyper-util's `auto` layer:
@@ -127,13 +168,8 @@ pub(super) fn spawn<S, B>(
     service: S,
     open: Option<OpenConnection>,
 ) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + Unpin + 'static,
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Served<B>,
+    B: ServedBody,
 {
     let conn = Conn {
         protocols: Arc::clone(protocols),
@@ -178,13 +214,8 @@ impl Conn {
 
     async fn plain<S, B>(self, stream: TcpStream, service: S) -> Result<(), hyper::Error>
     where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Served<B>,
+        B: ServedBody,
     {
         let peer = self.peer;
         match tokio::time::timeout(self.head_time_left(), sniff(&stream)).await {
@@ -208,13 +239,8 @@ impl Conn {
         service: S,
     ) -> Result<(), hyper::Error>
     where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Served<B>,
+        B: ServedBody,
     {
         let peer = self.peer;
         match tokio::time::timeout(self.head_time_left(), acceptor.accept(stream)).await {
@@ -242,13 +268,8 @@ impl Conn {
     async fn serve<I, S, B>(self, protocol: Protocol, io: I, service: S) -> Result<(), hyper::Error>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Served<B>,
+        B: ServedBody,
     {
         let Conn {
             protocols,
@@ -329,13 +350,8 @@ pub async fn serve<F, S, B>(
     shutdown: impl Future<Output = ()>,
 ) where
     F: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + Unpin + 'static,
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Served<B>,
+    B: ServedBody,
 {
     let protocols = Protocols::of(&settings);
     let graceful = GracefulShutdown::new();

@@ -436,8 +436,8 @@ fn grant_identity(client: &Client) -> String {
     )
 }
 
-/// SET KEYS[1] = ARGV[1] with PX ARGV[3], unless the stored record was requested at or
-/// after ARGV[2]. Returns 1 when written.
+/// `SET KEYS[1] = ARGV[1]` with `PX ARGV[3]`, unless the stored record was requested at or
+/// after `ARGV[2]`. Returns 1 when written.
 fn newer_wins() -> redis::Script {
     redis::Script::new(
         r"local cur = redis.call('GET', KEYS[1])
