@@ -6,6 +6,7 @@
 //! embedded one, [`postgres`] the fleet's shared one) every `flush_interval`; [`report`] turns a store's [`Snapshot`] into
 //! the per-integration view shown by `keybridge audit`, `GET /audit` and the dashboard.
 
+mod caps;
 mod postgres;
 pub(crate) mod recorder;
 pub(crate) mod report;

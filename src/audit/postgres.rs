@@ -19,10 +19,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+use super::caps;
 use super::recorder::{OTHER_ENDPOINTS, OTHER_UNKNOWN_KEYS, Subject};
-use super::sqlite::{
-    MAX_ENDPOINTS_PER_OTHER, MAX_ENDPOINTS_PER_SUBJECT, MAX_PEERS_PER_OTHER, MAX_PEERS_PER_SUBJECT,
-};
 use super::store::{AuditStore, Batch, ReplicaRow, Snapshot, StoreError, StoreFuture, SubjectRow};
 use crate::config::{Mode, Secret};
 use crate::outcome::{Outcome, OutcomeMap};
@@ -222,7 +220,7 @@ impl PostgresStore {
                 .await
                 .map_err(&e)?
                 .get(0);
-            let mut unknown_stored = unknown;
+            let mut unknown_keys = caps::UnknownKeys::new(unknown, max_unknown_keys);
             let mut minute_totals = OutcomeMap::<u64>::default();
             let subjects = tx.prepare(SUBJECT_UPSERT).await.map_err(&e)?;
             let outcomes = tx.prepare(OUTCOME_UPSERT).await.map_err(&e)?;
@@ -237,30 +235,21 @@ impl PostgresStore {
             let shadow = tx.prepare(SHADOW_UPSERT).await.map_err(&e)?;
             let peers = tx.prepare(PEER_UPSERT).await.map_err(&e)?;
             for (subject, w) in batch {
-                let (kind, mut name) = (subject.kind(), subject.name());
-                if let Subject::UnknownKey(fp) = subject {
-                    let known = tx
+                let kind = subject.kind();
+                let known = match subject {
+                    Subject::UnknownKey(fp) => tx
                         .query_opt(
                             "SELECT 1 FROM keybridge_subjects WHERE kind = 'unknown_key' AND name = $1",
                             &[fp],
                         )
                         .await
                         .map_err(&e)?
-                        .is_some();
-                    if !known && fp != OTHER_UNKNOWN_KEYS {
-                        if unknown_stored >= max_unknown_keys as i64 {
-                            name = OTHER_UNKNOWN_KEYS;
-                        } else {
-                            unknown_stored += 1;
-                        }
-                    }
-                }
-                minute_totals.add(&w.counts);
-                let (endpoint_cap, peer_cap) = if kind == "integration" {
-                    (MAX_ENDPOINTS_PER_SUBJECT, MAX_PEERS_PER_SUBJECT)
-                } else {
-                    (MAX_ENDPOINTS_PER_OTHER, MAX_PEERS_PER_OTHER)
+                        .is_some(),
+                    _ => true,
                 };
+                let name = unknown_keys.name(subject, known);
+                minute_totals.add(&w.counts);
+                let (endpoint_cap, peer_cap) = caps::caps(kind);
                 tx.execute(
                     &subjects,
                     &[

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::caps;
 use super::recorder::{OTHER_ENDPOINTS, OTHER_UNKNOWN_KEYS, Subject, Window};
 use super::store::{AuditStore, Batch, Snapshot, StoreError, StoreFuture, SubjectRow};
 use crate::config::Mode;
@@ -55,16 +56,6 @@ const MIGRATIONS: &[&str] = &[
     // v3: requests keybridge answered 429 to keep an instance under its rate limit.
     "ALTER TABLE traffic ADD COLUMN throttled INTEGER NOT NULL DEFAULT 0;",
 ];
-
-/// Peer values kept per subject (IPs and user agents); more are not stored.
-pub(crate) const MAX_PEERS_PER_SUBJECT: i64 = 200;
-/// Distinct endpoints stored per integration (and per integration in the fallback and
-/// shadow tables); more are counted under one `(other endpoints)` row.
-pub(crate) const MAX_ENDPOINTS_PER_SUBJECT: i64 = 500;
-/// The same for the other subjects (unknown keys, bearer callers, anonymous), of which
-/// there can be `max_unknown_keys` + 3; also their peer values.
-pub(crate) const MAX_ENDPOINTS_PER_OTHER: i64 = 50;
-pub(crate) const MAX_PEERS_PER_OTHER: i64 = 20;
 
 /// An open audit file.
 pub struct SqliteStore {
@@ -173,18 +164,19 @@ impl SqliteStore {
         if batch.is_empty() {
             return tx.commit().map_err(|e| self.err(e));
         }
-        let mut unknown_stored: i64 = tx
+        let stored: i64 = tx
             .query_row(
                 "SELECT COUNT(*) FROM subjects WHERE kind = 'unknown_key' AND name != ?1",
                 [OTHER_UNKNOWN_KEYS],
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;
+        let mut unknown_keys = caps::UnknownKeys::new(stored, max_unknown_keys);
         let mut minute_totals = OutcomeMap::<u64>::default();
         for (subject, w) in batch {
-            let (kind, mut name) = (subject.kind(), subject.name());
-            if let Subject::UnknownKey(fp) = subject {
-                let known = tx
+            let kind = subject.kind();
+            let known = match subject {
+                Subject::UnknownKey(fp) => tx
                     .query_row(
                         "SELECT 1 FROM subjects WHERE kind = 'unknown_key' AND name = ?1",
                         [fp],
@@ -192,21 +184,12 @@ impl SqliteStore {
                     )
                     .optional()
                     .map_err(|e| self.err(e))?
-                    .is_some();
-                if !known && fp != OTHER_UNKNOWN_KEYS {
-                    if unknown_stored >= max_unknown_keys as i64 {
-                        name = OTHER_UNKNOWN_KEYS;
-                    } else {
-                        unknown_stored += 1;
-                    }
-                }
-            }
-            minute_totals.add(&w.counts);
-            let (endpoint_cap, peer_cap) = if kind == "integration" {
-                (MAX_ENDPOINTS_PER_SUBJECT, MAX_PEERS_PER_SUBJECT)
-            } else {
-                (MAX_ENDPOINTS_PER_OTHER, MAX_PEERS_PER_OTHER)
+                    .is_some(),
+                _ => true,
             };
+            let name = unknown_keys.name(subject, known);
+            minute_totals.add(&w.counts);
+            let (endpoint_cap, peer_cap) = caps::caps(kind);
             exec(&tx,
                 "INSERT INTO subjects (kind, name, first_seen, last_seen, last_key_seen, last_fallback)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)

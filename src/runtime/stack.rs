@@ -100,9 +100,9 @@ pub struct InFlightLimit<S> {
 }
 
 /// Decrements the in-flight counts when the request is done (or dropped).
-pub struct Slot(Arc<AtomicUsize>, Arc<AtomicUsize>);
+pub struct InFlightGuard(Arc<AtomicUsize>, Arc<AtomicUsize>);
 
-impl Drop for Slot {
+impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
         self.1.fetch_sub(1, Ordering::AcqRel);
@@ -126,7 +126,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let previous = self.limit.count.fetch_add(1, Ordering::AcqRel);
         let from_source = self.limit.source.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(
+        let slot = InFlightGuard(
             Arc::clone(&self.limit.count),
             Arc::clone(&self.limit.source),
         );
@@ -153,7 +153,7 @@ where
 /// (no box: the inner future is boxed already), or the 503 that refused it.
 pub enum InFlightFuture<F, R> {
     Refused(Option<R>),
-    Admitted(F, Option<Slot>),
+    Admitted(F, Option<InFlightGuard>),
 }
 
 impl<F, R> Future for InFlightFuture<F, R>

@@ -22,7 +22,7 @@ const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// What the shared schedule gave.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Slot {
+pub enum Turn {
     /// Go now.
     Now,
     /// A slot is reserved this far ahead: go then.
@@ -93,15 +93,15 @@ impl FleetBudget {
         instance: &str,
         limit: &RateLimit,
         horizon: Duration,
-    ) -> Result<Slot, ()> {
+    ) -> Result<Turn, ()> {
         let reply: (i64, i64) = self
             .call(instance, "take", limit, horizon.as_micros())
             .await?;
         let wait = Duration::from_micros(u64::try_from(reply.1).unwrap_or(0));
         Ok(match reply {
-            (1, _) if wait.is_zero() => Slot::Now,
-            (1, _) => Slot::In(wait),
-            _ => Slot::NotBefore(wait),
+            (1, _) if wait.is_zero() => Turn::Now,
+            (1, _) => Turn::In(wait),
+            _ => Turn::NotBefore(wait),
         })
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::budget::Budget;
 use super::fair::{FairQueue, Ticket};
-use super::fleet::{FleetBudget, Slot};
+use super::fleet::{FleetBudget, Turn};
 use super::flow::{Flow, Throttled};
 use crate::config::RateLimit;
 use crate::metrics::ShapingMetrics;
@@ -129,7 +129,7 @@ impl Shaper {
             let limit = self.idle_limit()?;
             // When Redis fails: this replica's share, below.
             if let Ok(slot) = fleet.take(&self.instance, &limit, Duration::ZERO).await {
-                return Some(slot == Slot::Now);
+                return Some(slot == Turn::Now);
             }
         }
         let now = self.micros(Instant::now());
@@ -286,9 +286,9 @@ impl Shaper {
                     st.limit
                 };
                 match fleet.take(&self.instance, &limit, HORIZON).await {
-                    Ok(Slot::Now) => {}
-                    Ok(Slot::In(wait)) => tokio::time::sleep(wait).await,
-                    Ok(Slot::NotBefore(wait)) => {
+                    Ok(Turn::Now) => {}
+                    Ok(Turn::In(wait)) => tokio::time::sleep(wait).await,
+                    Ok(Turn::NotBefore(wait)) => {
                         tokio::time::sleep(wait.min(HORIZON)).await;
                         continue;
                     }

@@ -71,7 +71,7 @@ impl std::fmt::Debug for Token {
 /// What the cache holds per client: the newest token, and the one before it while the
 /// newest is still settling.
 #[derive(Clone)]
-struct Slot {
+struct Held {
     current: Arc<Token>,
     previous: Option<Arc<Token>>,
 }
@@ -83,7 +83,7 @@ enum Serving {
     Expired,
 }
 
-impl Slot {
+impl Held {
     fn serving(&self, now: Instant) -> Serving {
         if self.current.is_usable(now) {
             return Serving::Ready(Arc::clone(&self.current));
@@ -126,7 +126,7 @@ pub struct ClientStatus {
 }
 
 pub(super) struct Inner {
-    cache: moka::future::Cache<Arc<str>, Slot>,
+    cache: moka::future::Cache<Arc<str>, Held>,
     pub(super) clients: HashMap<Arc<str>, Arc<Client>>,
     pub(super) status: HashMap<Arc<str>, Mutex<ClientStatus>>,
     pub(super) http: HttpClient,
@@ -223,13 +223,13 @@ impl TokenCache {
 
     /// Fetches a new token unless the cached one is still before its refresh time.
     /// Concurrent calls for one client run one at a time, each re-checking first.
-    async fn refresh(&self, name: &str) -> Result<Slot, TokenError> {
+    async fn refresh(&self, name: &str) -> Result<Held, TokenError> {
         self.refresh_inner(name, true).await
     }
 
     /// `respect_backoff: false` for the background refresher, which owns the retry
     /// schedule; request-path callers inside the backoff get the last error at once.
-    async fn refresh_inner(&self, name: &str, respect_backoff: bool) -> Result<Slot, TokenError> {
+    async fn refresh_inner(&self, name: &str, respect_backoff: bool) -> Result<Held, TokenError> {
         let inner = &self.inner;
         let client = inner
             .clients
@@ -257,7 +257,7 @@ impl TokenCache {
                 let previous = old
                     .map(|s| s.current)
                     .filter(|t| Instant::now() < t.expires_at);
-                Ok(Op::Put(Slot {
+                Ok(Op::Put(Held {
                     current: Arc::new(token),
                     previous,
                 }))
@@ -375,7 +375,7 @@ impl TokenCache {
                 match self.fleet_replacement(&config, &slot.current).await {
                     Replacement::FetchHere => {}
                     Replacement::Theirs(token) => {
-                        return Ok(Op::Put(Slot {
+                        return Ok(Op::Put(Held {
                             current: Arc::new(token),
                             previous: Some(slot.current),
                         }));
@@ -384,7 +384,7 @@ impl TokenCache {
                 }
                 tracing::warn!(client, serial, "Coupa refused the token; fetching a replacement (the refused one serves until it has settled)");
                 let token = self.obtain(&config, Some(slot.current.id)).await?;
-                Ok(Op::Put(Slot {
+                Ok(Op::Put(Held {
                     current: Arc::new(token),
                     previous: Some(slot.current).filter(|t| Instant::now() < t.expires_at),
                 }))

@@ -2,7 +2,7 @@
 //! sent, and the least set of OAuth scopes its client needs.
 //!
 //! One builder ([`build()`]) feeds `keybridge audit` (table, JSON, CSV), `GET /audit` and
-//! the dashboard, so they always agree. [`model`] is the report's shape, [`build`mod@build]
+//! the dashboard, so they always agree. [`model`] is the report's shape, [`build`](mod@build)
 //! fills it from a store's snapshot, [`advice`] works out the scopes, [`render`] turns
 //! it into text.
 
