@@ -148,6 +148,53 @@ async fn tokens_younger_than_coupas_settle_time_are_never_used() {
     );
 }
 
+/// A token endpoint whose tokens expire before they could settle and be replaced is an
+/// endpoint error: named in `/tokens`, counted, backed off, answered at once — never a
+/// fetch loop with requests waiting on it.
+#[tokio::test]
+async fn tokens_that_expire_before_they_settle_are_an_endpoint_error_not_a_loop() {
+    let mock = mock()
+        .expires_in(Duration::from_secs(3))
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set("token.settle_delay", "5s")
+        .yaml();
+    let proxy = start_proxy(&yaml).await;
+    let asked = std::time::Instant::now();
+    let (status, _, body) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "answered at once, not after waiting on a settle: {:?}",
+        asked.elapsed()
+    );
+    let (_, _, body) = get(proxy.admin_addr, "/tokens", &[]).await;
+    let client = &json(&body)["clients"]["erp-sync"];
+    assert!(
+        client["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("too short for token.settle_delay")),
+        "{client}"
+    );
+    assert!(client["fetches_failed"].as_u64().unwrap() >= 1, "{client}");
+    assert_eq!(client["fetches_ok"], 0, "{client}");
+    // Backed off (1 s, 2 s, 4 s, ...), not refetched every settle delay.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        mock.token_requests() <= 4,
+        "{} fetches",
+        mock.token_requests()
+    );
+    assert_eq!(mock.api_hits(), 0, "no unusable token reached Coupa");
+}
+
 #[tokio::test]
 async fn readiness_waits_for_settled_tokens() {
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();

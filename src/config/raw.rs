@@ -463,6 +463,8 @@ pub struct TlsSettings {
 pub struct TokenSettings {
     /// `5s` (0s–60s): a new token is not handed out before it is this old (Coupa may
     /// reject fresh tokens; it advises at least 5 s, and `0s` suits only test instances).
+    /// A token must stay usable for one more settle delay (and 1 s) after it settles: a
+    /// shorter `expires_in` is a token endpoint error (named in `/tokens`, backed off).
     #[serde(with = "humantime_serde")]
     pub settle_delay: Duration,
     /// `4h` (30s–24h, and at least `settle_delay` + 30 s): refresh when this much life is

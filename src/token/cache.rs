@@ -406,7 +406,9 @@ impl TokenCache {
     pub(super) async fn fetch(&self, client: &Client) -> Result<Token, TokenError> {
         let settings = &self.inner.settings;
         let requested_at = Instant::now();
-        let result = oauth::request_token(&self.inner.http, client, settings.request_timeout).await;
+        let result = oauth::request_token(&self.inner.http, client, settings.request_timeout)
+            .await
+            .and_then(|grant| long_enough(grant, settings.settle_delay));
         let received_at = Instant::now();
         let mut status = self.status_lock(&client.name);
         status.last_fetch = Some(SystemTime::now());
@@ -453,8 +455,7 @@ impl TokenCache {
         let settings = &self.inner.settings;
         let grant_authorization = grant.authorization.clone();
         let life = grant.expires_in;
-        let margin = (life / 10).min(Duration::from_secs(30));
-        let expires_at = requested_at + life - margin;
+        let expires_at = requested_at + life - expiry_margin(life);
         let usable_at = received_at + settings.settle_delay;
         let lead = settings.refresh_before_expiry.min(life / 2);
         // Refresh after the token settled, and never after it stops being used.
@@ -613,6 +614,30 @@ pub(super) fn token_id(authorization: &HeaderValue) -> u64 {
     u64::from_be_bytes(id)
 }
 
+/// How long before its stated expiry a token stops being used: a tenth of its life, at
+/// most 30 s (clocks and round trips).
+fn expiry_margin(life: Duration) -> Duration {
+    (life / 10).min(Duration::from_secs(30))
+}
+
+/// The grant, unless its token would not stay usable for at least one settle delay (and
+/// at least 1 s) after it settles: such a token could never be replaced in time — its
+/// replacement needs a settle delay of its own — and one shorter-lived than the delay
+/// would never be served at all. Refused as the token endpoint's error, so it is named
+/// in `/tokens`, counted as a failed fetch and backed off, never fetched in a loop.
+fn long_enough(grant: oauth::Grant, settle_delay: Duration) -> Result<oauth::Grant, TokenError> {
+    let life = grant.expires_in;
+    let usable = life.saturating_sub(expiry_margin(life) + settle_delay);
+    if usable < settle_delay.max(Duration::from_secs(1)) {
+        return Err(TokenError::InvalidResponse(format!(
+            "`expires_in` of {}s is too short for token.settle_delay ({}s): a token must stay usable for at least one settle delay after it settles",
+            life.as_secs_f64(),
+            settle_delay.as_secs_f64()
+        )));
+    }
+    Ok(grant)
+}
+
 /// Waits until `token` may be used; `None` if it expires first.
 async fn wait_settled(token: Arc<Token>) -> Option<Arc<Token>> {
     tokio::time::sleep_until(token.usable_at.into()).await;
@@ -628,6 +653,30 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_must_outlive_its_settle_delay_by_one_more() {
+        let grant = |secs| oauth::Grant {
+            authorization: HeaderValue::from_static("Bearer t"),
+            expires_in: Duration::from_secs(secs),
+        };
+        let settle = Duration::from_secs(5);
+        assert!(long_enough(grant(86_399), settle).is_ok());
+        assert!(
+            long_enough(grant(12), settle).is_ok(),
+            "10.8 s: 5 to settle, 5.8 of use"
+        );
+        assert!(
+            long_enough(grant(10), settle).is_err(),
+            "9 s: 4 of use after settling"
+        );
+        assert!(long_enough(grant(3), settle).is_err());
+        assert!(long_enough(grant(2), Duration::ZERO).is_ok());
+        assert!(
+            long_enough(grant(1), Duration::ZERO).is_err(),
+            "under a second of use"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
