@@ -140,6 +140,12 @@ pub struct Metrics {
     token_expiry: Family<ClientLabels, Gauge>,
     audit_failures: Family<OpLabels, Counter>,
     token_shared: Family<SharedLabels, Counter>,
+    accept_failures: Family<ListenerLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -229,6 +235,12 @@ impl Metrics {
             "Tokens through the fleet's Redis cache: read (another replica's), written (fetched here for all), local (Redis unavailable: fetched for this replica only)",
             token_shared.clone(),
         );
+        let accept_failures = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "keybridge_accept_failures",
+            "Connections a listener could not accept (EMFILE/ENFILE: out of file descriptors), each followed by a 100 ms pause",
+            accept_failures.clone(),
+        );
         let shaping = ShapingFamilies {
             rate: Family::default(),
             queue: Family::default(),
@@ -276,6 +288,7 @@ impl Metrics {
         Metrics {
             shaping,
             token_shared,
+            accept_failures,
             audit_failures,
             registry,
             requests,
@@ -329,6 +342,14 @@ impl Metrics {
                 })
                 .set(t);
         }
+    }
+
+    /// The accept-failure counter of `listener` (its setting name), shown at 0 from the
+    /// start.
+    pub fn accept_failures(&self, listener: &'static str) -> Counter {
+        self.accept_failures
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
     }
 
     /// One token through the shared cache: `read`, `written` or `local`.

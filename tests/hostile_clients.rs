@@ -754,6 +754,54 @@ async fn idle_keep_alive_and_http2_connections_are_closed_after_the_idle_timeout
     drop(h2);
 }
 
+/// Silent connections to the admin port are capped (32 per address, 128 in all) and
+/// answered 503 beyond that, so they cannot use up the process's file descriptors: the
+/// proxy keeps answering, and the admin listener again once they are gone.
+#[tokio::test]
+async fn silent_connections_to_the_admin_port_are_capped_and_the_proxy_keeps_answering() {
+    let (_mock, proxy) = start_pair(mock(), "").await;
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(TcpStream::connect(proxy.admin_addr).await.unwrap());
+    }
+    // Which of them the admin listener closed at once (503, then close).
+    let mut held = 0;
+    let mut refused = 0;
+    for s in &mut silent {
+        let mut buf = [0_u8; 12];
+        match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Err(_) => held += 1,
+            Ok(Ok(n)) if n == 0 || buf[..n].starts_with(b"HTTP/1.1 503") => refused += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(held <= 32, "{held} silent admin connections held open");
+    assert_eq!(held + refused, 300);
+    let asked = Instant::now();
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _, _) = get(proxy.admin_addr, "/healthz", &[]).await;
+    assert_eq!(status, StatusCode::OK, "the admin listener answers again");
+    let (_, _, metrics) = get(proxy.admin_addr, "/metrics", &[]).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"keybridge_accept_failures_total{listener="admin_listen"} 0"#),
+        "{metrics}"
+    );
+}
+
 /// One source address cannot take every slot: `server.max_connections_per_ip`.
 #[tokio::test]
 async fn one_address_cannot_take_every_connection_slot() {

@@ -63,6 +63,12 @@ async fn run(path: &Path) -> Result<(), Failure> {
     if let Err(e) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
         tracing::warn!(error = %e, "cannot turn core dumps off");
     }
+    // File descriptors are a budget: take all the hard limit allows (the soft limit is
+    // often 1024, below server.max_connections plus the pools and the admin listener).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     // What parsing and building the config frees goes back to the OS until it is ready.
     let prompt_release = crate::memory::PromptRelease::start();
     let config =

@@ -1,6 +1,7 @@
-//! The proxy's acceptor: counts open connections against `server.max_connections` and
-//! `server.max_connections_per_ip` (so one source cannot take every slot) and hands
-//! each accepted one to the next worker in turn.
+//! Accepting connections within a budget: every listener counts its open connections
+//! against a cap in all and per source address (so one source cannot take every slot),
+//! answers 503 beyond them, and backs off when the process is out of file descriptors.
+//! The proxy's acceptor hands each accepted connection to the next worker in turn.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::bucket::RateLimiter;
@@ -31,22 +33,17 @@ struct PerIp {
 
 impl Open {
     /// Takes a slot for `ip`, or says which limit is reached.
-    fn admit(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        max: usize,
-        per_ip: usize,
-    ) -> Result<OpenConnection, &'static str> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= max {
+    fn admit(self: &Arc<Self>, ip: IpAddr, caps: Caps) -> Result<OpenConnection, &'static str> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= caps.max {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err("server.max_connections");
+            return Err(caps.max_setting);
         }
         let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         let entry = by_ip.entry(ip).or_default();
-        if entry.connections >= per_ip {
+        if entry.connections >= caps.per_ip {
             drop(by_ip);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err("server.max_connections_per_ip");
+            return Err(caps.per_ip_setting);
         }
         entry.connections += 1;
         let in_flight = Arc::clone(&entry.in_flight);
@@ -89,59 +86,134 @@ impl Drop for OpenConnection {
 /// A connection on its way to a worker.
 pub(super) type Handoff = (std::net::TcpStream, SocketAddr, OpenConnection);
 
-/// Answered (then closed) to connections beyond `server.max_connections`.
+/// Answered (then closed) to connections beyond a listener's caps.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 86\r\nconnection: close\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keybridge is at its connection limit; retry shortly\"}";
 
-/// Accepts proxy connections and hands them to the workers in turn; beyond
-/// `max_connections` open connections (or `per_ip` from one address), answers 503 and
-/// closes. The warning about it is logged at most once a second.
-pub(super) async fn accept(
+/// A listener with its connection caps: what both accept loops (the proxy's, handing
+/// connections to the workers, and [`super::conn::serve`]'s, for the admin listener and
+/// the mock Coupa) take connections from.
+pub(super) struct Acceptor {
     listener: TcpListener,
-    workers: Vec<mpsc::UnboundedSender<Handoff>>,
-    (max_connections, per_ip): (usize, usize),
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let open = Arc::new(Open::default());
-    let log_limit = RateLimiter::new(1);
-    let mut suppressed = 0u64;
-    let mut next = 0usize;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
+    /// The listener's setting name, for logs and `keybridge_accept_failures`.
+    name: &'static str,
+    open: Arc<Open>,
+    caps: Caps,
+    log_limit: RateLimiter,
+    suppressed: u64,
+    /// Counts accept failures (`None`: the mock, which has no metrics).
+    failures: Option<Counter>,
+}
+
+/// How many connections a listener keeps open, in all and per source address, and the
+/// settings that say so (named in the log when a connection is refused).
+#[derive(Clone, Copy)]
+pub(super) struct Caps {
+    pub max: usize,
+    pub per_ip: usize,
+    pub max_setting: &'static str,
+    pub per_ip_setting: &'static str,
+}
+
+impl Caps {
+    /// The admin listener's: health probes, scrapes and an operator's requests, so
+    /// silent connections to it cannot use up the process's file descriptors (the
+    /// header deadline closes them; `server.header_read_timeout`).
+    pub(super) const ADMIN: Caps = Caps {
+        max: 128,
+        per_ip: 32,
+        max_setting: "the admin listener's 128 connections",
+        per_ip_setting: "the admin listener's 32 connections per address",
+    };
+}
+
+/// How long to stop accepting after the process ran out of file descriptors (`EMFILE`,
+/// `ENFILE`) or the kernel of memory: the pending connections wait in the backlog while
+/// open ones finish, instead of the loop spinning on the same error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Acceptor {
+    pub(super) fn new(
+        listener: TcpListener,
+        name: &'static str,
+        caps: Caps,
+        failures: Option<Counter>,
+    ) -> Self {
+        Acceptor {
+            listener,
+            name,
+            open: Arc::new(Open::default()),
+            caps,
+            log_limit: RateLimiter::new(1),
+            suppressed: 0,
+            failures,
+        }
+    }
+
+    /// The next connection within the caps. One beyond them is answered 503 and closed;
+    /// a failed accept is counted and backed off. Warnings about either are logged at
+    /// most once a second.
+    pub(super) async fn next(&mut self) -> (TcpStream, SocketAddr, OpenConnection) {
+        loop {
+            match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let guard = match open.admit(peer.ip(), max_connections, per_ip) {
-                        Ok(guard) => guard,
+                    match self.open.admit(peer.ip(), self.caps) {
+                        Ok(guard) => return (stream, peer, guard),
                         Err(limit) => {
-                            if log_limit.try_acquire() {
-                                tracing::warn!(%peer, limit, suppressed, "connection limit reached; refusing");
-                                suppressed = 0;
-                            } else {
-                                suppressed += 1;
-                            }
+                            let name = self.name;
+                            self.warn(|suppressed| tracing::warn!(listener = name, %peer, limit, suppressed, "connection limit reached; refusing"));
                             let _ = stream.try_write(OVERLOADED);
-                            continue;
                         }
-                    };
-                    let Ok(std) = stream.into_std() else { continue };
-                    let mut handoff = Some((std, peer, guard));
-                    for _ in 0..workers.len() {
-                        let worker = &workers[next % workers.len()];
-                        next = next.wrapping_add(1);
-                        match handoff.take().map(|h| worker.send(h)) {
-                            Some(Err(mpsc::error::SendError(back))) => handoff = Some(back),
-                            _ => break,
-                        }
-                    }
-                    if handoff.is_some() {
-                        tracing::error!(%peer, "no worker accepted the connection; dropping it");
                     }
                 }
                 Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(failures) = &self.failures {
+                        failures.inc();
+                    }
+                    let name = self.name;
+                    self.warn(|suppressed| tracing::warn!(listener = name, error = %e, suppressed, "accept failed (out of file descriptors?); backing off"));
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// Logs with `log` at most once a second, counting what was not logged.
+    fn warn(&mut self, log: impl FnOnce(u64)) {
+        if self.log_limit.try_acquire() {
+            log(self.suppressed);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// Accepts proxy connections and hands them to the workers in turn; beyond
+/// `max_connections` open connections (or `per_ip` from one address), answers 503 and
+/// closes.
+pub(super) async fn accept(
+    mut acceptor: Acceptor,
+    workers: Vec<mpsc::UnboundedSender<Handoff>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut next = 0usize;
+    loop {
+        tokio::select! {
+            (stream, peer, guard) = acceptor.next() => {
+                let Ok(std) = stream.into_std() else { continue };
+                let mut handoff = Some((std, peer, guard));
+                for _ in 0..workers.len() {
+                    let worker = &workers[next % workers.len()];
+                    next = next.wrapping_add(1);
+                    match handoff.take().map(|h| worker.send(h)) {
+                        Some(Err(mpsc::error::SendError(back))) => handoff = Some(back),
+                        _ => break,
+                    }
+                }
+                if handoff.is_some() {
+                    tracing::error!(%peer, "no worker accepted the connection; dropping it");
                 }
             },
             () = &mut shutdown => break,

@@ -15,7 +15,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::accept::OpenConnection;
+use super::accept::{Acceptor, Caps, OpenConnection};
 use super::activity::{Activity, Tracked};
 use crate::config::ServerSettings;
 
@@ -341,10 +341,26 @@ pub(super) async fn drain(graceful: GracefulShutdown, grace: Duration) {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown` resolves, then drains them (the
-/// admin listener and the mock Coupa; the proxy uses the acceptor and its workers).
+/// Serves connections on `listener` within the admin listener's caps until `shutdown`
+/// resolves, then drains them (the mock Coupa; the admin listener is served by
+/// [`serve_accepted`] with its failures counted).
 pub async fn serve<F, S, B>(
     listener: TcpListener,
+    make_service: F,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: Served<B>,
+    B: ServedBody,
+{
+    let acceptor = Acceptor::new(listener, "listener", Caps::ADMIN, None);
+    serve_accepted(acceptor, make_service, settings, shutdown).await;
+}
+
+/// Serves what `acceptor` accepts until `shutdown` resolves, then drains it.
+pub(super) async fn serve_accepted<F, S, B>(
+    mut acceptor: Acceptor,
     make_service: F,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
@@ -358,20 +374,13 @@ pub async fn serve<F, S, B>(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    spawn(&protocols, &graceful, stream, None, Deadlines::of(&settings), peer, make_service(peer), None);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            (stream, peer, open) = acceptor.next() => {
+                spawn(&protocols, &graceful, stream, None, Deadlines::of(&settings), peer, make_service(peer), Some(open));
             },
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
+    drop(acceptor);
     drain(graceful, settings.shutdown_grace).await;
 }
 

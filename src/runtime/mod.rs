@@ -187,19 +187,33 @@ pub async fn start_with_file(
         handoffs.push(handoff);
         workers.push(done);
     }
-    let proxy_task = tokio::spawn(accept::accept(
+    let proxy_caps = accept::Caps {
+        max: config.server.max_connections,
+        per_ip: config.server.max_connections_per_ip,
+        max_setting: "server.max_connections",
+        per_ip_setting: "server.max_connections_per_ip",
+    };
+    let proxy_acceptor = accept::Acceptor::new(
         proxy_listener,
+        "listen",
+        proxy_caps,
+        Some(core.metrics.accept_failures("listen")),
+    );
+    let proxy_task = tokio::spawn(accept::accept(
+        proxy_acceptor,
         handoffs,
-        (
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
-        ),
         signalled(rx.clone()),
     ));
     let flusher = audit.spawn_flusher(config.audit.flush_interval);
     let admin_core = Arc::clone(&core);
-    let admin_task = tokio::spawn(serve(
+    let admin_acceptor = accept::Acceptor::new(
         admin_listener,
+        "admin_listen",
+        accept::Caps::ADMIN,
+        Some(core.metrics.accept_failures("admin_listen")),
+    );
+    let admin_task = tokio::spawn(conn::serve_accepted(
+        admin_acceptor,
         move |_peer| admin::service(Arc::clone(&admin_core)),
         config.server.clone(),
         signalled(rx),
