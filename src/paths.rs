@@ -86,16 +86,17 @@ static ENCODED: [u8; 256] = {
 };
 
 /// The target to forward: `target` with the bytes a browser would percent-encode
-/// encoded, and everything else (existing `%XX` escapes included) as it is. Costs one
-/// table lookup per byte and no allocation when nothing needs encoding, which is every
-/// request a well-behaved client sends.
-pub fn forwardable(target: PathAndQuery) -> PathAndQuery {
+/// encoded, and everything else (existing `%XX` escapes included) as it is; `None` when
+/// the encoded target would be longer than a URI may be (the caller's is then refused
+/// as too long, never forwarded raw). Costs one table lookup per byte and no allocation
+/// when nothing needs encoding, which is every request a well-behaved client sends.
+pub fn forwardable(target: PathAndQuery) -> Option<PathAndQuery> {
     let path = target.path().as_bytes();
     let query = target.query().map_or(&[][..], str::as_bytes);
     let needs = |set: u8| move |b: &u8| ENCODED[usize::from(*b)] & set != 0;
     // `?` is not in the query set, so the one that starts the query is kept.
     if !path.iter().any(needs(IN_PATH)) && !query.iter().any(needs(IN_QUERY)) {
-        return target;
+        return Some(target);
     }
     let s = target.as_str();
     let query_at = path.len();
@@ -110,8 +111,9 @@ pub fn forwardable(target: PathAndQuery) -> PathAndQuery {
             out.push(char::from(b));
         }
     }
-    // Every byte is now visible ASCII that the `http` crate accepts in a path or query.
-    PathAndQuery::try_from(out).unwrap_or(target)
+    // Every byte is now visible ASCII that the `http` crate accepts in a path or query,
+    // so only its length limit can refuse it.
+    PathAndQuery::try_from(out).ok()
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -207,7 +209,11 @@ mod tests {
         ];
         for (input, want) in cases {
             let pq = PathAndQuery::try_from(input).unwrap();
-            assert_eq!(forwardable(pq).as_str(), want, "{input}");
+            assert_eq!(forwardable(pq).unwrap().as_str(), want, "{input}");
         }
+        // Found by the attacker review: a target that only encoding makes too long is
+        // refused, never forwarded raw.
+        let long = format!("/api/{}", "\"".repeat(21_844));
+        assert!(forwardable(PathAndQuery::try_from(long.as_str()).unwrap()).is_none());
     }
 }

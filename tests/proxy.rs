@@ -353,3 +353,27 @@ async fn two_key_headers_are_refused() {
     assert!(reply.contains("ambiguous_api_key"));
     assert_eq!(mock.api_hits(), 0);
 }
+
+/// Found by the attacker review: to servers that map header names to CGI-style variables
+/// (Rack, PHP), `Transfer_Encoding` is `Transfer-Encoding`. Every header with an
+/// underscore in its name is dropped, as nginx does by default, so none can re-frame the
+/// request, override the method or the host, or undo a removal.
+#[tokio::test]
+async fn underscore_spellings_of_any_header_never_reach_coupa() {
+    let (mock, proxy) = start_pair(mock(), "").await;
+    let raw = format!(
+        "POST /api/invoices HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\nContent-Length: 5\r\n\
+         Transfer_Encoding: chunked\r\nX_Forwarded_Host: evil.example\r\nX_HTTP_Method_Override: DELETE\r\n\
+         X_Forwarded_For: 10.9.9.9\r\nProxy_Authorization: Basic eDp5\r\nX_Custom_Thing: 1\r\n\
+         X-Custom-Thing: kept\r\nConnection: close\r\n\r\nhello"
+    );
+    let reply = raw_exchange(proxy.proxy_addr, raw.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = &mock.requests()[0];
+    for (name, _) in &seen.headers {
+        assert!(!name.as_str().contains('_'), "{name} reached Coupa");
+    }
+    assert_eq!(seen.headers["x-custom-thing"], "kept");
+    assert_eq!(seen.body_len, 5);
+    assert_eq!(seen.method, Method::POST);
+}

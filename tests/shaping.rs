@@ -335,6 +335,68 @@ async fn a_get_meeting_a_429_is_retried_and_a_streamed_post_is_not() {
     ));
 }
 
+/// A limit configured far above Coupa's real one (50/s against 2/s): the GETs that meet
+/// Coupa's 429s are sent again until their `max_wait` deadline, not a fixed number of
+/// times, and the cuts bring this instance's rate under Coupa's within a few seconds,
+/// so every caller is served.
+#[tokio::test]
+async fn a_limit_set_far_above_coupas_is_cut_under_it_and_every_get_is_served() {
+    let mock = mock()
+        .rate_limit(2.0, 1)
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set(
+            "instances.prod.rate_limit",
+            serde_json::json!({"per_second": 50, "burst": 50, "max_wait": "20s"}),
+        )
+        .yaml();
+    let proxy = start_proxy(&yaml).await;
+    wait_ready(proxy.admin_addr).await;
+    let addr = proxy.proxy_addr;
+    // Four callers, each sending GETs one after another for 8 s.
+    let until = Instant::now() + Duration::from_secs(8);
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while Instant::now() < until {
+                    let path = format!("/api/invoices/{i}");
+                    statuses.push(get(addr, &path, &[("x-coupa-api-key", KEY)]).await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for t in tasks {
+        for status in t.await.unwrap() {
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "every caller served, none given a 429"
+            );
+            served += 1;
+        }
+    }
+    assert!(served >= 8, "{served}");
+    let metrics = metrics(proxy.admin_addr).await;
+    let rate: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keybridge_shaping_rate{instance=\"prod\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rate < 12.5, "cut at least twice in 8 s: {rate}");
+    assert!(
+        metrics.contains(
+            "keybridge_coupa_rate_limited_total{instance=\"prod\",result=\"passed_back\"} 0"
+        ),
+        "{metrics}"
+    );
+}
+
 /// Coupa's `Retry-After`, when it sends one, is honoured before the GET goes again.
 #[tokio::test]
 async fn coupas_retry_after_is_honoured() {

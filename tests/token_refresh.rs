@@ -402,6 +402,58 @@ async fn a_revoked_token_is_replaced_once_even_under_a_401_storm() {
     assert_eq!(mock.requests().len(), 1 + 50 + refused);
 }
 
+/// The same with a settle delay, as in production: the refused token keeps serving
+/// while its replacement settles, and a request Coupa answered 401 waits (bounded by
+/// `settle_delay` + `request_timeout`) for the replacement and is sent again with it,
+/// instead of passing the 401 back.
+#[tokio::test]
+async fn after_a_revocation_every_request_is_answered_with_the_one_replacement() {
+    let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = TestConfig::standard(&mock.base_url())
+        .set("token.settle_delay", "1s")
+        .yaml();
+    let proxy = start_proxy(&yaml).await;
+    wait_ready(proxy.admin_addr).await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Older than the settle delay, so a refusal replaces it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    mock.revoke_all_tokens();
+    let addr = proxy.proxy_addr;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            tokio::spawn(async move {
+                get(
+                    addr,
+                    &format!("/api/invoices/{i}"),
+                    &[("x-coupa-api-key", KEY)],
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        mock.token_requests(),
+        2,
+        "one replacement for the whole storm"
+    );
+}
+
 /// Finding 3 of the hostile-traffic review: every 401 threw the shared token away, so
 /// one key holder provoking 401s made a token fetch each time, and every other
 /// integration on that client waited out the settle delay again.

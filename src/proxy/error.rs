@@ -62,6 +62,8 @@ pub enum ProxyError {
     UnsafePath,
     #[error("path is outside forwarding.path_prefixes")]
     PathNotForwarded,
+    #[error("the request target, percent-encoded for Coupa, is longer than a URI may be")]
+    TargetTooLong,
     #[error("no token for client `{client}`")]
     Token {
         client: Arc<str>,
@@ -124,6 +126,7 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::UnsafePath
             | ProxyError::PathNotForwarded
+            | ProxyError::TargetTooLong
             // The callers of an instance together sent more than its budget.
             | ProxyError::Throttled { .. } => Fault::Caller,
             ProxyError::Token { .. } => Fault::TokenEndpoint,
@@ -145,6 +148,7 @@ impl ProxyError {
             | ProxyError::ClientBody(_)
             | ProxyError::UnsafePath => StatusCode::BAD_REQUEST,
             ProxyError::PathNotForwarded => StatusCode::NOT_FOUND,
+            ProxyError::TargetTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -205,6 +209,10 @@ impl ProxyError {
             ProxyError::UnsafePath => (
                 "unsafe_path",
                 "paths with `.`/`..` segments (raw or percent-encoded), backslashes or empty segments are not forwarded".into(),
+            ),
+            ProxyError::TargetTooLong => (
+                "uri_too_long",
+                "the request target is too long once its quotes, brackets and non-ASCII bytes are percent-encoded".into(),
             ),
             ProxyError::PathNotForwarded => (
                 "path_not_forwarded",

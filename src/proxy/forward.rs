@@ -194,10 +194,11 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
         let resend = match next_step(route, status, body.can_replay(), 0) {
             Step::PassBack => None,
             Step::FallBackToKey => fallback_key.map(Resend::WithKey),
-            Step::RetryWithFreshToken => match Box::pin(tokens.get(&client.name)).await {
-                Ok(fresh) if fresh.serial != token.serial => Some(Resend::WithToken(fresh)),
-                _ => None,
-            },
+            // The refused token may still serve other requests while its replacement
+            // settles; this one waits (bounded) for the replacement itself.
+            Step::RetryWithFreshToken => Box::pin(tokens.replacement(&client.name, token.serial))
+                .await
+                .map(Resend::WithToken),
         };
         let Some(resend) = resend else {
             return Handled::new(who(), Outcome::Oauth, Ok(pass_back(response)));

@@ -139,5 +139,5 @@ fn admit<B: Inbound>(
             "GET/HEAD with a chunked body is not supported".into(),
         ));
     }
-    Ok(uri::forwardable(target))
+    uri::forwardable(target).ok_or(ProxyError::TargetTooLong)
 }

@@ -87,7 +87,7 @@ fn strip_connection_listed(headers: &mut HeaderMap) {
 }
 
 /// Removes every header of `first` and `second` that `headers` holds, and with
-/// `odd_keys` every other spelling of the key: one pass over the (few) names present,
+/// `odd_keys` every name with an underscore: one pass over the (few) names present,
 /// then a removal for each one found, instead of a hash lookup per name listed.
 fn remove_present(
     headers: &mut HeaderMap,
@@ -101,8 +101,13 @@ fn remove_present(
     for name in headers.keys() {
         if let Some(i) = first.iter().chain(second).position(|n| *n == name) {
             found |= 1 << i;
-        } else if odd_keys && is_api_key_header(name) {
-            odd.push(name.clone()); // rare: allocates only for an odd spelling
+        } else if odd_keys && name.as_str().as_bytes().contains(&b'_') {
+            // Any name with an underscore: to servers that map header names to CGI-style
+            // variables (Rack, PHP) `Transfer_Encoding`, `X_Forwarded_For` or
+            // `X_Coupa_Api_Key` is the header it spells, so one could re-frame the
+            // request or undo a removal. Dropped, as nginx does by default. Rare:
+            // allocates only for such a name.
+            odd.push(name.clone());
         }
     }
     for (i, name) in first.iter().chain(second).enumerate() {
@@ -125,8 +130,9 @@ pub fn is_api_key_header(name: &HeaderName) -> bool {
             .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
 }
 
-/// What every forwarded request gets: hop-by-hop headers, key headers (any spelling),
-/// `Host`, framing, `Expect` and the override headers removed; the caller's address
+/// What every forwarded request gets: hop-by-hop headers, key headers, `Host`, framing,
+/// `Expect`, the override headers and every header with an underscore in its name
+/// (another spelling of any of these to a CGI-style server) removed; the caller's address
 /// appended to `X-Forwarded-For`. The caller's `Authorization` is left for the caller to
 /// decide on.
 pub fn sanitize_request(headers: &mut HeaderMap, peer: &Peer) {

@@ -75,7 +75,6 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
                 status,
                 out.method(),
                 body.can_replay(),
-                attempt,
                 Instant::now() + backoff < *deadline,
             );
             shaper.metrics.coupa_limited(may_resend);
@@ -86,7 +85,7 @@ impl<B: Inbound, U: Upstream<B>> Proxy<U, B> {
             tracing::debug!(instance = %instance.name, integration = %flow.name, status = status.as_u16(), backoff_ms = backoff.as_millis(), "Coupa is limiting; sending again after a backoff");
             drop(response);
             Box::pin(tokio::time::sleep(backoff)).await;
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
         }
     }
 }

@@ -11,9 +11,10 @@
 //! - Everything else, and anything after one retry, goes back to the caller as it is.
 //!
 //! After Coupa's 429 or 503: sent again, after Coupa's `Retry-After` or a jittered
-//! backoff, while the body is held, the method allows it (a 503 may come from a request
-//! Coupa began), the backoff ends before the request's deadline, and at most
-//! [`MAX_LIMITED_RESENDS`] times.
+//! backoff (doubling to [`MAX_BACKOFF`]), as long as the body is held, the method allows
+//! it (a 503 may come from a request Coupa began) and the backoff ends before the
+//! request's deadline (its first turn plus `rate_limit.max_wait`): the deadline, not a
+//! count, bounds the resends, while the shaper's cuts bring the rate under Coupa's.
 
 use std::time::Duration;
 
@@ -60,30 +61,26 @@ pub fn token_refused(status: StatusCode) -> bool {
     status == StatusCode::UNAUTHORIZED
 }
 
-/// Sends after a 429/503 from Coupa, at most.
-pub const MAX_LIMITED_RESENDS: u32 = 3;
-/// First backoff without a `Retry-After`; doubled per retry, with jitter.
+/// First backoff without a `Retry-After`; doubled per resend, with jitter.
 pub const BASE_BACKOFF: Duration = Duration::from_millis(250);
+/// The backoff stops doubling here (the fourth resend on).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Whether a request Coupa answered `status` (429/503) is sent again: `replayable` (its
-/// body is held), `attempt` resends so far, and whether the backoff `fits_deadline`.
+/// body is held), and whether the backoff `fits_deadline`.
 pub fn resend_when_limited(
     status: StatusCode,
     method: &Method,
     replayable: bool,
-    attempt: u32,
     fits_deadline: bool,
 ) -> bool {
-    replayable
-        && attempt < MAX_LIMITED_RESENDS
-        && (status == StatusCode::TOO_MANY_REQUESTS || idempotent(method))
-        && fits_deadline
+    replayable && (status == StatusCode::TOO_MANY_REQUESTS || idempotent(method)) && fits_deadline
 }
 
 /// The backoff before resend `attempt` (from 0) when Coupa sent no `Retry-After`:
-/// [`BASE_BACKOFF`] doubled per resend (jitter is the caller's).
+/// [`BASE_BACKOFF`] doubled per resend up to [`MAX_BACKOFF`] (jitter is the caller's).
 pub fn backoff(attempt: u32) -> Duration {
-    BASE_BACKOFF * 2u32.pow(attempt)
+    (BASE_BACKOFF * 2u32.pow(attempt.min(3))).min(MAX_BACKOFF)
 }
 
 /// Coupa's answers to too many requests (COUPA.md §3.4: 429, and 503).
@@ -202,27 +199,22 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS,
             StatusCode::SERVICE_UNAVAILABLE,
         );
-        assert!(resend_when_limited(s429, post, true, 0, true));
-        assert!(resend_when_limited(s503, get, true, 2, true));
+        assert!(resend_when_limited(s429, post, true, true));
+        assert!(resend_when_limited(s503, get, true, true));
         assert!(
-            !resend_when_limited(s503, post, true, 0, true),
+            !resend_when_limited(s503, post, true, true),
             "a 503 POST may have begun"
         );
         assert!(
-            !resend_when_limited(s429, get, false, 0, true),
+            !resend_when_limited(s429, get, false, true),
             "body not held"
         );
-        assert!(!resend_when_limited(
-            s429,
-            get,
-            true,
-            MAX_LIMITED_RESENDS,
-            true
-        ));
         assert!(
-            !resend_when_limited(s429, get, true, 0, false),
+            !resend_when_limited(s429, get, true, false),
             "past the deadline"
         );
         assert_eq!(backoff(2), BASE_BACKOFF * 4);
+        assert_eq!(backoff(3), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF, "no overflow, however many");
     }
 }

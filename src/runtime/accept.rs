@@ -115,14 +115,22 @@ pub(super) struct Caps {
 }
 
 impl Caps {
+    /// No cap: for the mock Coupa, which stands in for a server with limits of its own.
+    pub(super) const NONE: Caps = Caps {
+        max: usize::MAX,
+        per_ip: usize::MAX,
+        max_setting: "",
+        per_ip_setting: "",
+    };
+
     /// The admin listener's: health probes, scrapes and an operator's requests, so
     /// silent connections to it cannot use up the process's file descriptors (the
     /// header deadline closes them; `server.header_read_timeout`).
     pub(super) const ADMIN: Caps = Caps {
-        max: 128,
-        per_ip: 32,
-        max_setting: "the admin listener's 128 connections",
-        per_ip_setting: "the admin listener's 32 connections per address",
+        max: 256,
+        per_ip: 64,
+        max_setting: "the admin listener's 256 connections",
+        per_ip_setting: "the admin listener's 64 connections per address",
     };
 }
 

@@ -341,9 +341,9 @@ pub(super) async fn drain(graceful: GracefulShutdown, grace: Duration) {
     }
 }
 
-/// Serves connections on `listener` within the admin listener's caps until `shutdown`
-/// resolves, then drains them (the mock Coupa; the admin listener is served by
-/// [`serve_accepted`] with its failures counted).
+/// Serves every connection on `listener` until `shutdown` resolves, then drains them:
+/// the mock Coupa, which stands in for a server with limits of its own (the admin
+/// listener is served by [`serve_accepted`], capped and counted).
 pub async fn serve<F, S, B>(
     listener: TcpListener,
     make_service: F,
@@ -354,7 +354,7 @@ pub async fn serve<F, S, B>(
     S: Served<B>,
     B: ServedBody,
 {
-    let acceptor = Acceptor::new(listener, "listener", Caps::ADMIN, None);
+    let acceptor = Acceptor::new(listener, "listener", Caps::NONE, None);
     serve_accepted(acceptor, make_service, settings, shutdown).await;
 }
 

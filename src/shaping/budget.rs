@@ -14,8 +14,13 @@ use crate::config::RateLimit;
 pub const DECREASE: f64 = 0.5;
 /// After a cut the rate climbs back by this share of the configured rate per second.
 pub const RECOVERY_PER_SECOND: f64 = 0.05;
+/// ... once it has held for this long (µs) after the cut: while Coupa keeps answering
+/// 429 (a new cut each cooldown) the rate keeps halving, so a limit configured far above
+/// Coupa's real one comes under it within a few seconds (50/s against Coupa's 2/s: five
+/// cuts), instead of settling where the halving and the climb balance.
+pub const RECOVERY_DELAY_US: f64 = 2_000_000.0;
 /// The rate never falls below this share of the configured rate.
-pub const FLOOR: f64 = 0.05;
+pub const FLOOR: f64 = 0.01;
 /// 429s within this long of a cut are the same congestion (answers to requests already
 /// on their way): they do not cut again.
 pub const COOLDOWN_US: f64 = 1_000_000.0;
@@ -36,7 +41,8 @@ pub fn rate_at(limit: &RateLimit, cut: Option<(f64, f64)>, now: f64) -> f64 {
     match cut {
         None => limit.per_second,
         Some((rate, at)) => {
-            let recovered = limit.per_second * RECOVERY_PER_SECOND * ((now - at).max(0.0) / US);
+            let climbing = (now - at - RECOVERY_DELAY_US).max(0.0);
+            let recovered = limit.per_second * RECOVERY_PER_SECOND * (climbing / US);
             (rate + recovered).min(limit.per_second)
         }
     }
@@ -48,8 +54,12 @@ fn interval(rate: f64) -> f64 {
 }
 
 /// How far ahead of `now` the schedule may run: `burst - 1` requests at once, one kept
-/// back for jitter.
+/// back for jitter; none while a cut holds the rate under the configured one (Coupa's
+/// own burst is evidently smaller than the configured one: bursts would meet 429s).
 fn tolerance(limit: &RateLimit, rate: f64) -> f64 {
+    if rate < limit.per_second {
+        return 0.0;
+    }
     f64::from(limit.burst.saturating_sub(2)) * interval(rate)
 }
 
@@ -143,9 +153,12 @@ mod tests {
         assert_eq!(b.rate(&COUPA, 0.0), 12.5);
         // A second 429 within the cooldown is the same congestion.
         assert!(!b.cut(&COUPA, 500_000.0, None));
-        assert_eq!(b.rate(&COUPA, 500_000.0), 12.5 + 25.0 * 0.05 * 0.5);
-        // Ten seconds climb back 50 % of the limit: full rate again, never above it.
-        assert_eq!(b.rate(&COUPA, 10.0 * US), 25.0);
+        // The cut rate holds for the recovery delay, then climbs.
+        assert_eq!(b.rate(&COUPA, 500_000.0), 12.5);
+        assert_eq!(b.rate(&COUPA, 2.5 * US), 12.5 + 25.0 * 0.05 * 0.5);
+        // Ten seconds of climbing take back 50 % of the limit: full rate again, never
+        // above it.
+        assert_eq!(b.rate(&COUPA, 12.0 * US), 25.0);
         assert_eq!(b.rate(&COUPA, 100.0 * US), 25.0);
         // Cuts stop at the floor.
         let mut b = Budget::default();

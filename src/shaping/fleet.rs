@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{RateLimit, Secret};
 
-use super::budget::{COOLDOWN_US, DECREASE, FLOOR, RECOVERY_PER_SECOND};
+use super::budget::{COOLDOWN_US, DECREASE, FLOOR, RECOVERY_DELAY_US, RECOVERY_PER_SECOND};
 
 /// One Redis call may take this long before the replica goes on with its local share.
 const CALL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -180,10 +180,10 @@ local cut_rate = tonumber(h[2])
 local cut_at = tonumber(h[3])
 local rate = limit
 if cut_rate then
-  rate = math.min(limit, cut_rate + limit * {RECOVERY_PER_SECOND} * math.max(0, now - cut_at) / 1000000)
+  rate = math.min(limit, cut_rate + limit * {RECOVERY_PER_SECOND} * math.max(0, now - cut_at - {RECOVERY_DELAY_US}) / 1000000)
 end
 local function interval(r) return 1000000 / r end
-local function tolerance(r) return math.max(0, burst - 2) * interval(r) end
+local function tolerance(r) if r < limit then return 0 end return math.max(0, burst - 2) * interval(r) end
 local result
 if ARGV[1] == 'take' then
   if cut_rate and rate >= limit then
@@ -224,7 +224,13 @@ mod tests {
     #[test]
     fn the_script_uses_the_budgets_constants() {
         let s = script();
-        for c in [RECOVERY_PER_SECOND, COOLDOWN_US, DECREASE, FLOOR] {
+        for c in [
+            RECOVERY_PER_SECOND,
+            RECOVERY_DELAY_US,
+            COOLDOWN_US,
+            DECREASE,
+            FLOOR,
+        ] {
             assert!(s.contains(&c.to_string()), "{c} missing from the script");
         }
         assert!(!s.contains("{RECOVERY"), "unformatted placeholder");

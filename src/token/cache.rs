@@ -221,6 +221,24 @@ impl TokenCache {
         }
     }
 
+    /// The token that replaced the `refused` one (by serial) once it may be used, for
+    /// sending again a request Coupa answered 401: `None` when nothing replaced it (it
+    /// was younger than the settle delay, or another replacement came within
+    /// `token.min_refetch_interval`), or when the replacement is not usable within
+    /// `token.settle_delay` + `token.request_timeout`.
+    pub async fn replacement(&self, client: &str, refused: u64) -> Option<Arc<Token>> {
+        let held = self.inner.cache.get(client).await?;
+        if held.current.serial == refused {
+            return None;
+        }
+        let settings = &self.inner.settings;
+        let bound = settings.settle_delay + settings.request_timeout;
+        tokio::time::timeout(bound, wait_settled(held.current))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Fetches a new token unless the cached one is still before its refresh time.
     /// Concurrent calls for one client run one at a time, each re-checking first.
     async fn refresh(&self, name: &str) -> Result<Held, TokenError> {
