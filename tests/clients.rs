@@ -180,21 +180,13 @@ async fn through_keybridge(tls: bool) -> (MockHandle, keybridge::runtime::Runnin
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let mut config = TestConfig::standard(&mock.base_url());
     if tls {
-        config = config
-            .set("tls.cert", fixture("server.pem").display().to_string())
-            .set("tls.key", fixture("server.key").display().to_string());
+        config = config.tls_listener();
     }
     let proxy = start_proxy(&config.yaml()).await;
     wait_ready(proxy.admin_addr).await;
     let scheme = if tls { "https" } else { "http" };
     let base = format!("{scheme}://127.0.0.1:{}", proxy.proxy_addr.port());
     (mock, proxy, base)
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 fn flow(name: &str) -> PathBuf {

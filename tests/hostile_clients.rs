@@ -655,14 +655,9 @@ async fn silent_and_half_open_connections_are_closed_within_the_header_timeout()
 #[tokio::test]
 async fn a_completed_tls_handshake_then_silence_is_closed_within_the_header_timeout() {
     use std::sync::Arc;
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let yaml = TestConfig::standard(&mock.base_url())
-        .set(
-            "tls.cert",
-            fixtures.join("server.pem").display().to_string(),
-        )
-        .set("tls.key", fixtures.join("server.key").display().to_string())
+        .tls_listener()
         .set("server.max_connections", 10)
         .set("server.header_read_timeout", "2s")
         .yaml();
@@ -671,7 +666,7 @@ async fn a_completed_tls_handshake_then_silence_is_closed_within_the_header_time
 
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject as _;
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(fixtures.join("ca.pem")).unwrap() {
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(

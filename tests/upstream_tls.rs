@@ -21,12 +21,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use support::*;
 use tokio::net::TcpListener;
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 /// Terminates TLS (cert for localhost/127.0.0.1, ALPN h2 + http/1.1) on `bind` and
 /// relays the plaintext to `backend`.
 async fn tls_front(bind: &str, backend: SocketAddr) -> SocketAddr {

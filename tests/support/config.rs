@@ -44,6 +44,18 @@ impl TestConfig {
         TestConfig(yaml_serde::from_str(yaml).unwrap())
     }
 
+    /// TLS on the proxy listener, with the fixture certificate (localhost, 127.0.0.1).
+    pub fn tls_listener(self) -> Self {
+        self.set(
+            "tls.cert",
+            super::fixture("server.pem").display().to_string(),
+        )
+        .set(
+            "tls.key",
+            super::fixture("server.key").display().to_string(),
+        )
+    }
+
     /// Sets the field at `path` to `value`, creating mappings on the way.
     pub fn set(mut self, path: &str, value: impl serde::Serialize) -> Self {
         let value = yaml_serde::to_value(value).unwrap();

@@ -86,6 +86,14 @@ pub fn config_yaml(base_url: &str, extra: &str) -> String {
     TestConfig::standard(base_url).merge(extra).yaml()
 }
 
+/// A file of `tests/fixtures` (the test CA, and a certificate for localhost and
+/// 127.0.0.1 signed by it, with its key).
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
 /// A fresh path under the system temp directory (the file is not created).
 pub fn temp_path(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
