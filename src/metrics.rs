@@ -141,6 +141,7 @@ pub struct Metrics {
     audit_failures: Family<OpLabels, Counter>,
     token_shared: Family<SharedLabels, Counter>,
     accept_failures: Family<ListenerLabels, Counter>,
+    send_timeouts: Family<ListenerLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -241,6 +242,12 @@ impl Metrics {
             "Connections a listener could not accept (EMFILE/ENFILE: out of file descriptors), each followed by a 100 ms pause",
             accept_failures.clone(),
         );
+        let send_timeouts = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "keybridge_send_timeouts",
+            "Responses cut off because their caller accepted no bytes for server.send_timeout (HTTP/1: connection closed; HTTP/2: stream reset)",
+            send_timeouts.clone(),
+        );
         let shaping = ShapingFamilies {
             rate: Family::default(),
             queue: Family::default(),
@@ -289,6 +296,7 @@ impl Metrics {
             shaping,
             token_shared,
             accept_failures,
+            send_timeouts,
             audit_failures,
             registry,
             requests,
@@ -348,6 +356,14 @@ impl Metrics {
     /// start.
     pub fn accept_failures(&self, listener: &'static str) -> Counter {
         self.accept_failures
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    /// The send-timeout counter of `listener` (its setting name), shown at 0 from the
+    /// start.
+    pub fn send_timeouts(&self, listener: &'static str) -> Counter {
+        self.send_timeouts
             .get_or_create(&ListenerLabels { listener })
             .clone()
     }

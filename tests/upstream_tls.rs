@@ -10,58 +10,21 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use http::StatusCode;
 use keybridge::cli::mock::MockAuth;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use support::tls_front::tls_front;
 use support::*;
-use tokio::net::TcpListener;
 
-/// Terminates TLS (cert for localhost/127.0.0.1, ALPN h2 + http/1.1) on `bind` and
-/// relays the plaintext to `backend`.
-async fn tls_front(bind: &str, backend: SocketAddr) -> SocketAddr {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("server.pem"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind(bind).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut plain = tokio::net::TcpStream::connect(backend).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    addr
-}
-
-fn yaml_for(mock_url: &str, https_base: &str, ca_file: Option<&Path>) -> String {
-    let extra = match ca_file {
-        Some(p) => format!("upstream:\n  ca_file: {}\n", p.display()),
-        None => String::new(),
-    };
-    with_token_url(&config_yaml(https_base, &extra), mock_url)
+/// The standard config against `https_base` (HTTP/2 offered to it when `http2`), with
+/// the token endpoint at `mock_url`.
+fn yaml_for(mock_url: &str, https_base: &str, ca_file: Option<&Path>, http2: bool) -> String {
+    let mut config = TestConfig::standard(https_base).set("upstream.http2", http2);
+    if let Some(p) = ca_file {
+        config = config.set("upstream.ca_file", p.display().to_string());
+    }
+    with_token_url(&config.yaml(), mock_url)
 }
 
 #[tokio::test]
@@ -72,6 +35,7 @@ async fn an_untrusted_certificate_fails_closed() {
         &mock.base_url(),
         &format!("https://{front}"),
         None,
+        false,
     ))
     .await;
     wait_ready(proxy.admin_addr).await;
@@ -108,6 +72,7 @@ async fn a_trusted_private_ca_works_over_h2_and_a_name_mismatch_fails() {
         &mock.base_url(),
         &format!("https://{front}"),
         Some(&fixture("ca.pem")),
+        true,
     ))
     .await;
     wait_ready(proxy.admin_addr).await;
@@ -123,12 +88,36 @@ async fn a_trusted_private_ca_works_over_h2_and_a_name_mismatch_fails() {
     assert_eq!(seen[0].version, http::Version::HTTP_2, "ALPN chose h2");
     proxy.shutdown().await;
 
+    // Without `upstream.http2`, the same Coupa is spoken to over HTTP/1.1.
+    let proxy = start_proxy(&yaml_for(
+        &mock.base_url(),
+        &format!("https://{front}"),
+        Some(&fixture("ca.pem")),
+        false,
+    ))
+    .await;
+    wait_ready(proxy.admin_addr).await;
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        mock.requests()[1].version,
+        http::Version::HTTP_11,
+        "ALPN offered only http/1.1"
+    );
+    proxy.shutdown().await;
+
     // Same CA, but the certificate does not name 127.0.0.2.
     let front2 = tls_front("127.0.0.2:0", mock.addr).await;
     let proxy = start_proxy(&yaml_for(
         &mock.base_url(),
         &format!("https://{front2}"),
         Some(&fixture("ca.pem")),
+        true,
     ))
     .await;
     wait_ready(proxy.admin_addr).await;
@@ -139,7 +128,7 @@ async fn a_trusted_private_ca_works_over_h2_and_a_name_mismatch_fails() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert_eq!(mock.api_hits(), 1, "nothing more reached Coupa");
+    assert_eq!(mock.api_hits(), 2, "nothing more reached Coupa");
 }
 
 /// Finding 6 of the hostile-traffic review: an HTTP/2 caller's trailers reached an
@@ -153,6 +142,7 @@ async fn a_callers_trailers_never_reach_an_http2_coupa() {
         &mock.base_url(),
         &format!("https://{front}"),
         Some(&fixture("ca.pem")),
+        true,
     ))
     .await;
     wait_ready(proxy.admin_addr).await;

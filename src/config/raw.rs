@@ -508,6 +508,17 @@ pub struct UpstreamSettings {
     /// response headers; then `504`. Raise it for very large uploads over slow links.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// `60s` (1ms–1h): once Coupa's response headers have arrived, a response body
+    /// from which no bytes arrive for this long is ended (the caller's response is cut
+    /// short and the connection closed), so a stalled Coupa cannot hold a request.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// `false`: connections to Coupa speak HTTP/1.1, one request at a time each, so a
+    /// caller that reads its response slowly holds only its own connection. `true`
+    /// offers HTTP/2 in ALPN too; a worker then multiplexes every integration's
+    /// requests over one connection per instance, whose flow-control window a slow
+    /// reader shares with everyone until `server.send_timeout` cuts it off.
+    pub http2: bool,
     /// `90s` (1s–1h): idle pooled connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -523,6 +534,8 @@ impl Default for UpstreamSettings {
         UpstreamSettings {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(120),
+            read_timeout: Duration::from_secs(60),
+            http2: false,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
             ca_file: None,
@@ -560,17 +573,32 @@ pub struct ServerSettings {
     pub max_connections_per_ip: usize,
     /// `4096` requests being proxied at once; beyond it `503 overloaded`.
     pub max_in_flight: usize,
-    /// `1024` requests in progress from one address (all its connections and HTTP/2
-    /// streams together); beyond it `503 overloaded`, so one source trickling uploads
-    /// cannot hold every slot. Raise it when many integrations share one address.
-    pub max_in_flight_per_ip: usize,
+    /// Requests in progress from one address (all its connections and HTTP/2 streams
+    /// together); beyond it `503 overloaded`, so one source holding responses unread
+    /// or trickling uploads cannot take every slot. Unset: a quarter of
+    /// `max_in_flight` (`1024` by default), so other addresses always find three
+    /// quarters free. Raise it when many integrations share one address.
+    pub max_in_flight_per_ip: Option<usize>,
     /// `30s` (1ms–1h): a request body that sends nothing this long is abandoned (408;
     /// Coupa never gets a complete request).
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// `60s` (1ms–1h): a caller that accepts no bytes of its response for this long
+    /// (its TCP window or HTTP/2 stream window stays full) is cut off: an HTTP/1
+    /// connection is closed, an HTTP/2 stream reset, and the request's connection to
+    /// Coupa released. A request counts against `max_in_flight` until its response has
+    /// been delivered or cut off. nginx's `send_timeout` has the same default.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 impl ServerSettings {
+    /// `max_in_flight_per_ip`, or a quarter of `max_in_flight` (at least 1) when unset.
+    pub fn in_flight_per_ip(&self) -> usize {
+        self.max_in_flight_per_ip
+            .unwrap_or((self.max_in_flight / 4).max(1))
+    }
+
     /// The number of proxy workers to start.
     pub fn worker_count(&self) -> usize {
         match self.workers {
@@ -591,8 +619,9 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             max_connections_per_ip: 512,
             max_in_flight: 4096,
-            max_in_flight_per_ip: 1024,
+            max_in_flight_per_ip: None,
             body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -264,7 +264,7 @@ fn settings(raw: &RawConfig, secrets: bool, v: &mut Findings) {
     if srv.max_connections == 0
         || srv.max_in_flight == 0
         || srv.max_connections_per_ip == 0
-        || srv.max_in_flight_per_ip == 0
+        || srv.max_in_flight_per_ip == Some(0)
     {
         v.error(
             "server",
@@ -304,7 +304,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
     const H: Duration = Duration::from_secs(3600);
     const DAY: Duration = Duration::from_secs(24 * 3600);
     let (t, u, srv, a) = (&raw.token, &raw.upstream, &raw.server, &raw.audit);
-    let ranges: [(&str, Duration, Duration, Duration); 15] = [
+    let ranges: [(&str, Duration, Duration, Duration); 17] = [
         ("token.settle_delay", t.settle_delay, Duration::ZERO, MIN),
         (
             "token.refresh_before_expiry",
@@ -317,6 +317,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
         ("token.min_refetch_interval", t.min_refetch_interval, S, H),
         ("upstream.connect_timeout", u.connect_timeout, MS, 5 * MIN),
         ("upstream.response_timeout", u.response_timeout, MS, DAY),
+        ("upstream.read_timeout", u.read_timeout, MS, H),
         ("upstream.pool_idle_timeout", u.pool_idle_timeout, S, H),
         (
             "server.header_read_timeout",
@@ -332,6 +333,7 @@ fn durations(raw: &RawConfig, v: &mut Findings) {
             H,
         ),
         ("server.body_read_timeout", srv.body_read_timeout, MS, H),
+        ("server.send_timeout", srv.send_timeout, MS, H),
         ("audit.flush_interval", a.flush_interval, 100 * MS, H),
         ("audit.ready_after", a.ready_after, S, 3650 * DAY),
         ("audit.retention", a.retention, DAY, 3650 * DAY),

@@ -6,7 +6,9 @@
 //! has detected the protocol and applies to HTTP/1 only; this covers every protocol.
 //!
 //! [`Tracked`] wraps a connection's service: each request counts as in progress from
-//! the moment its head is complete until its response body is done (or dropped).
+//! the moment its head is complete until its response body is done (or dropped), and
+//! reports how its response body is being sent to a [`SendWatch`]: the HTTP/2 stream's
+//! own, or the connection's for HTTP/1 (one response at a time).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,12 +21,16 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::send_watch::SendWatch;
+
 /// One connection's activity. Times are milliseconds since it was accepted.
 pub(super) struct Activity {
     accepted: Instant,
     served: AtomicBool,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// The HTTP/1 response being sent (HTTP/2 streams have their own).
+    pub(super) sending: Arc<SendWatch>,
 }
 
 impl Activity {
@@ -34,6 +40,7 @@ impl Activity {
             served: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            sending: Arc::default(),
         })
     }
 
@@ -83,6 +90,7 @@ impl<S, ReqB, B> hyper::service::Service<Request<ReqB>> for Tracked<S>
 where
     S: hyper::service::Service<Request<ReqB>, Response = Response<B>>,
     S::Future: Unpin,
+    B: Body,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
@@ -108,20 +116,39 @@ pub(super) struct TrackedFuture<F> {
 impl<F, B, E> Future for TrackedFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>> + Unpin,
+    B: Body,
 {
     type Output = Result<Response<TrackedBody<B>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
         let guard = self.guard.take();
-        Poll::Ready(result.map(|response| response.map(|inner| TrackedBody { inner, guard })))
+        Poll::Ready(result.map(|response| {
+            response.map(|inner| {
+                let watch = match (SendWatch::of_this_stream(), &guard) {
+                    (Some(stream), _) => Some(stream),
+                    (None, Some(guard)) => Some(Arc::clone(&guard.0.sending)),
+                    (None, None) => None,
+                };
+                if let Some(watch) = &watch {
+                    watch.start(inner.is_end_stream());
+                }
+                TrackedBody {
+                    inner,
+                    guard,
+                    watch,
+                }
+            })
+        }))
     }
 }
 
-/// A response body that keeps its request "in progress" until it is done.
+/// A response body that keeps its request "in progress" until it is done, and tells
+/// its [`SendWatch`] how it is being sent.
 pub(super) struct TrackedBody<B> {
     inner: B,
     guard: Option<InProgress>,
+    watch: Option<Arc<SendWatch>>,
 }
 
 impl<B: Body + Unpin> Body for TrackedBody<B> {
@@ -132,13 +159,21 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        // Done: the request no longer counts. (hyper stops polling once a body says it
-        // has ended, so the last data frame may be the last call.)
-        if frame.is_none() || self.inner.is_end_stream() {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let done = match &polled {
+            Poll::Pending => None,
+            // (hyper stops polling once a body says it has ended, so the last data
+            // frame may be the last call.)
+            Poll::Ready(frame) => Some(!matches!(frame, Some(Ok(_))) || self.inner.is_end_stream()),
+        };
+        if let Some(watch) = &self.watch {
+            watch.polled(done.map(|done| !done));
+        }
+        if done == Some(true) {
+            // Done: the request no longer counts.
             self.guard = None;
         }
-        Poll::Ready(frame)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -147,5 +182,13 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for TrackedBody<B> {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.watch {
+            watch.finish();
+        }
     }
 }

@@ -10,13 +10,15 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::accept::{Acceptor, Caps, OpenConnection};
 use super::activity::{Activity, Tracked};
+use super::send_watch::{Stall, StreamExecutor};
 use crate::config::ServerSettings;
 
 /// How long a connection may do nothing (see [`super::activity`]).
@@ -24,6 +26,8 @@ use crate::config::ServerSettings;
 pub(super) struct Deadlines {
     pub header_read: Duration,
     pub idle: Duration,
+    /// How long a response may wait on its caller (`server.send_timeout`).
+    pub send: Duration,
 }
 
 impl Deadlines {
@@ -31,6 +35,7 @@ impl Deadlines {
         Deadlines {
             header_read: settings.header_read_timeout,
             idle: settings.idle_timeout,
+            send: settings.send_timeout,
         }
     }
 }
@@ -85,13 +90,18 @@ impl<B> ServedBody for B where
 /// a connection's task holds only the protocol it speaks (bench/README.md, issue 14).
 pub(super) struct Protocols {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<StreamExecutor>,
+    /// Counts connections closed by `server.send_timeout` (HTTP/2 streams: the
+    /// executor counts).
+    cut: Option<Counter>,
 }
 
 impl Protocols {
     /// HTTP/1.1 with header-read timeout and keep-alive; HTTP/2 with at most 256
-    /// concurrent streams and pings every 30 s.
-    pub(super) fn of(settings: &ServerSettings) -> Arc<Self> {
+    /// concurrent streams, pings every 30 s and each stream in a task of its own that
+    /// resets it once its caller stops reading (`send_watch`). `cut` counts callers cut
+    /// off by `server.send_timeout`.
+    pub(super) fn of(settings: &ServerSettings, cut: Option<Counter>) -> Arc<Self> {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -99,12 +109,15 @@ impl Protocols {
             .keep_alive(true)
             // Small responses: one flattened write beats a writev of head + body slices.
             .writev(false);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(StreamExecutor {
+            send_timeout: settings.send_timeout,
+            cut: cut.clone(),
+        });
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Arc::new(Protocols { http1, http2 })
+        Arc::new(Protocols { http1, http2, cut })
     }
 }
 
@@ -283,34 +296,48 @@ impl Conn {
         match protocol {
             Protocol::Http1 => {
                 let conn = protocols.http1.serve_connection(io, service);
-                until_idle(watcher.watch(conn), &activity, deadlines, peer).await
+                let cut = protocols.cut.as_ref();
+                until_idle(watcher.watch(conn), &activity, deadlines, peer, cut).await
             }
             // Boxed: rarer, and larger than an HTTP/1 connection, which would otherwise
             // carry its size in every connection's task.
             Protocol::Http2 => {
                 let conn = protocols.http2.serve_connection(io, service);
-                Box::pin(until_idle(watcher.watch(conn), &activity, deadlines, peer)).await
+                // Its streams watch their own sending (send_watch::StreamExecutor).
+                Box::pin(until_idle(
+                    watcher.watch(conn),
+                    &activity,
+                    deadlines,
+                    peer,
+                    None,
+                ))
+                .await
             }
         }
     }
 }
 
 /// Drives `conn` until it ends, or closes it (by dropping it) once `activity` has been
-/// idle past its deadline.
+/// idle past its deadline or, for HTTP/1 (`cut` given), once its caller has accepted
+/// none of its response for `deadlines.send`.
 async fn until_idle<F, E>(
     conn: F,
     activity: &Activity,
     deadlines: Deadlines,
     peer: SocketAddr,
+    cut: Option<&Counter>,
 ) -> Result<(), E>
 where
     F: std::future::Future<Output = Result<(), E>>,
 {
     tokio::pin!(conn);
     // Requests do not wake this loop (that would cost every request a wake-up); it
-    // looks again every quarter of the idle timeout, so an idle connection is closed
-    // between 1 and 1.25 idle timeouts after its last request.
-    let recheck = deadlines.idle / 4;
+    // looks again every quarter of the idle or send timeout, whichever is shorter, so an
+    // idle connection is closed between 1 and 1.25 idle timeouts after its last
+    // request, and a caller that stopped reading between 1 and 1.25 send timeouts after.
+    let recheck = (deadlines.idle / 4).min(Stall::period(deadlines.send));
+    let mut stall = Stall::new(deadlines.send);
+    let watch_sending = cut.is_some();
     loop {
         let deadline = activity.deadline(deadlines.header_read, deadlines.idle);
         let next_look = tokio::time::Instant::now() + recheck;
@@ -324,6 +351,13 @@ where
                     .is_some_and(|d| d <= now)
                 {
                     tracing::debug!(%peer, "closing a connection that did nothing in time");
+                    return Ok(());
+                }
+                if watch_sending && stall.cut(&activity.sending, now) {
+                    tracing::debug!(%peer, send_timeout = ?deadlines.send, "closing a connection whose caller accepts no response bytes");
+                    if let Some(cut) = cut {
+                        cut.inc();
+                    }
                     return Ok(());
                 }
             }
@@ -355,21 +389,23 @@ pub async fn serve<F, S, B>(
     B: ServedBody,
 {
     let acceptor = Acceptor::new(listener, "listener", Caps::NONE, None);
-    serve_accepted(acceptor, make_service, settings, shutdown).await;
+    serve_accepted(acceptor, make_service, settings, None, shutdown).await;
 }
 
-/// Serves what `acceptor` accepts until `shutdown` resolves, then drains it.
+/// Serves what `acceptor` accepts until `shutdown` resolves, then drains it; `cut`
+/// counts callers cut off by `server.send_timeout`.
 pub(super) async fn serve_accepted<F, S, B>(
     mut acceptor: Acceptor,
     make_service: F,
     settings: ServerSettings,
+    cut: Option<Counter>,
     shutdown: impl Future<Output = ()>,
 ) where
     F: Fn(SocketAddr) -> S,
     S: Served<B>,
     B: ServedBody,
 {
-    let protocols = Protocols::of(&settings);
+    let protocols = Protocols::of(&settings, cut);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -22,6 +22,7 @@ mod admin;
 mod build;
 mod conn;
 mod core;
+mod send_watch;
 mod stack;
 mod worker;
 
@@ -171,7 +172,7 @@ pub async fn start_with_file(
     let mut workers = Vec::with_capacity(worker_count);
     let in_flight = stack::InFlight::new(
         config.server.max_in_flight,
-        config.server.max_in_flight_per_ip,
+        config.server.in_flight_per_ip(),
     );
     for index in 0..worker_count {
         let worker = worker::Worker {
@@ -216,6 +217,7 @@ pub async fn start_with_file(
         admin_acceptor,
         move |_peer| admin::service(Arc::clone(&admin_core)),
         config.server.clone(),
+        Some(core.metrics.send_timeouts("admin_listen")),
         signalled(rx),
     ));
     tracing::info!(

@@ -12,12 +12,13 @@ use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::body::ResponseBody;
+use crate::body::{Inbound, ResponseBody};
 use crate::proxy::ProxyService;
 use crate::proxy::headers::X_COUPA_API_KEY;
 use crate::respond::json_error;
@@ -30,7 +31,7 @@ pub fn proxy_stack<U: Upstream>(
     source_in_flight: Arc<AtomicUsize>,
 ) -> impl Service<
     Request<Incoming>,
-    Response = Response<ResponseBody<U::Body>>,
+    Response = Response<SlotBody<ResponseBody<U::Body>>>,
     Error = Infallible,
     Future = impl Send,
 > + Clone
@@ -45,7 +46,9 @@ pub fn proxy_stack<U: Upstream>(
         ]))
         // Shed load before doing any work: beyond `max_in_flight` requests, or
         // `max_in_flight_per_ip` from this caller's address (one source cannot hold
-        // every slot with trickled uploads), 503.
+        // every slot with trickled uploads), 503. A request holds its slot until its
+        // response body has been delivered or dropped (a caller that stops reading is
+        // cut off after server.send_timeout, by the connection: runtime::conn).
         .layer(in_flight.for_source(source_in_flight))
         // Last: admit → authenticate → route → token → rewrite → forward → pass back →
         // record (crate::proxy). ProxyService also wraps the body in an idle timeout,
@@ -113,9 +116,9 @@ impl<S, B, RB> Service<Request<B>> for InFlightLimit<S>
 where
     S: Service<Request<B>, Response = Response<ResponseBody<RB>>, Error = Infallible>,
     S::Future: Unpin,
-    RB: Unpin,
+    RB: Inbound,
 {
-    type Response = Response<ResponseBody<RB>>;
+    type Response = Response<SlotBody<ResponseBody<RB>>>;
     type Error = Infallible;
     type Future = InFlightFuture<S::Future, Self::Response>;
 
@@ -142,7 +145,10 @@ where
                 "overloaded",
                 "keybridge is at its limit of requests in progress; retry shortly",
             )
-            .map(Either::Right);
+            .map(|body| SlotBody {
+                inner: Either::Right(body),
+                slot: None,
+            });
             return InFlightFuture::Refused(Some(response));
         }
         InFlightFuture::Admitted(self.inner.call(req), Some(slot))
@@ -150,18 +156,19 @@ where
 }
 
 /// The request's own future, holding its in-flight slot until its response is ready
-/// (no box: the inner future is boxed already), or the 503 that refused it.
+/// (no box: the inner future is boxed already) and then handing it to the response
+/// body, or the 503 that refused it.
 pub enum InFlightFuture<F, R> {
     Refused(Option<R>),
     Admitted(F, Option<InFlightGuard>),
 }
 
-impl<F, R> Future for InFlightFuture<F, R>
+impl<F, B> Future for InFlightFuture<F, Response<SlotBody<B>>>
 where
-    F: Future<Output = Result<R, Infallible>> + Unpin,
-    R: Unpin,
+    F: Future<Output = Result<Response<B>, Infallible>> + Unpin,
+    B: Body + Unpin,
 {
-    type Output = Result<R, Infallible>;
+    type Output = Result<Response<SlotBody<B>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
@@ -173,10 +180,51 @@ where
                 .take()
                 .expect("InFlightFuture polled after completion"))),
             InFlightFuture::Admitted(inner, slot) => {
-                let response = std::task::ready!(Pin::new(inner).poll(cx));
-                drop(slot.take());
-                Poll::Ready(response)
+                let Ok(response) = std::task::ready!(Pin::new(inner).poll(cx));
+                let slot = slot.take();
+                Poll::Ready(Ok(response.map(|inner| SlotBody::holding(inner, slot))))
             }
         }
+    }
+}
+
+/// A response body that holds its request's in-flight slot until it has been sent to
+/// its end, or dropped (hyper drops it when the caller goes away or is cut off).
+pub struct SlotBody<B> {
+    inner: B,
+    slot: Option<InFlightGuard>,
+}
+
+impl<B: Body> SlotBody<B> {
+    fn holding(inner: B, slot: Option<InFlightGuard>) -> Self {
+        // An empty body is done at once (hyper may never poll it).
+        let slot = slot.filter(|_| !inner.is_end_stream());
+        SlotBody { inner, slot }
+    }
+}
+
+impl<B: Body + Unpin> Body for SlotBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // hyper stops polling once a body says it has ended, so the last data frame
+        // may be the last call.
+        if !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream() {
+            self.slot = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -61,7 +61,8 @@ impl Worker {
         mut handoffs: mpsc::UnboundedReceiver<Handoff>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let protocols = conn::Protocols::of(&self.settings);
+        let cut = self.state.load().metrics.send_timeouts("listen");
+        let protocols = conn::Protocols::of(&self.settings, Some(cut));
         let graceful = GracefulShutdown::new();
         let stop = conn::signalled(shutdown);
         tokio::pin!(stop);

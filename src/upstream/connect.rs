@@ -1,6 +1,7 @@
 //! Opening one connection to Coupa: TCP (every address the name resolves to, in turn,
-//! within `upstream.connect_timeout`), TLS for `https` with ALPN offering h2 and
-//! http/1.1, then hyper's HTTP/1.1 or HTTP/2 handshake as ALPN decided. The connection's
+//! within `upstream.connect_timeout`), TLS for `https` with ALPN offering http/1.1 (and
+//! h2 first when `upstream.http2` is on), then hyper's HTTP/1.1 or HTTP/2 handshake as
+//! ALPN decided. The connection's
 //! own task is spawned on the calling runtime (the worker's), so it never crosses threads.
 
 use std::io;
@@ -66,8 +67,18 @@ pub(super) struct Connector {
 }
 
 impl Connector {
-    pub(super) fn new(mut tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    pub(super) fn new(
+        mut tls: rustls::ClientConfig,
+        connect_timeout: Duration,
+        http2: bool,
+    ) -> Self {
+        // HTTP/1.1 by default: one request per connection at a time, so one caller's
+        // slow reading fills only its own connection's window (issue 23).
+        tls.alpn_protocols = if http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         Connector {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             connect_timeout,

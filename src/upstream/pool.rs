@@ -1,10 +1,11 @@
 //! One proxy worker's connections to Coupa, built on hyper's connection API directly.
 //!
 //! Per origin (scheme + authority of a configured instance): a stack of idle HTTP/1.1
-//! connections, most recently used first, or one shared HTTP/2 connection when ALPN
-//! picked h2. A request takes an idle connection (or opens one), and the connection goes
+//! connections, most recently used first, or one shared HTTP/2 connection when
+//! `upstream.http2` is on and ALPN picked h2. A request takes an idle connection (or opens one), and the connection goes
 //! back when Coupa's response body has been read to its end ([`PooledBody`]); a response
-//! dropped early takes its connection with it, so a half-read one is never reused.
+//! dropped early takes its connection with it, so a half-read one is never reused. A
+//! body from which nothing arrives for `upstream.read_timeout` ends with an error.
 //!
 //! The pool belongs to one worker thread: its lock is never contended, the connection
 //! tasks run on the same thread, and nothing on the request path hashes a pool key,
@@ -12,6 +13,7 @@
 //! A request that finds its pooled connection closed by Coupa before it was sent is
 //! sent again on another one (hyper gives it back unsent); once sent, it is not.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
@@ -40,6 +42,7 @@ struct Shared {
     connector: Connector,
     max_idle: usize,
     idle_timeout: Duration,
+    read_timeout: Duration,
     origins: Mutex<Origins>,
 }
 
@@ -89,9 +92,10 @@ impl Pool {
         let tls = tls_client_config("upstream.ca_file", settings.ca_file.as_deref())?;
         Ok(Pool {
             shared: Arc::new(Shared {
-                connector: Connector::new(tls, settings.connect_timeout),
+                connector: Connector::new(tls, settings.connect_timeout, settings.http2),
                 max_idle: settings.pool_max_idle_per_host,
                 idle_timeout: settings.pool_idle_timeout,
+                read_timeout: settings.read_timeout,
                 origins: Mutex::default(),
             }),
         })
@@ -132,7 +136,11 @@ impl Upstream for Pool {
                                 origin,
                                 sender,
                             };
-                            return Ok(PooledBody::wrap(response, Some(checkin)));
+                            return Ok(PooledBody::wrap(
+                                response,
+                                Some(checkin),
+                                shared.read_timeout,
+                            ));
                         }
                         Err(mut e) => match e.take_message() {
                             // Never written: Coupa had closed the idle connection.
@@ -145,7 +153,7 @@ impl Upstream for Pool {
                     to_absolute_form(&mut request, https, &authority);
                     sender.ready().await?;
                     let response = sender.send_request(request).await?;
-                    return Ok(PooledBody::wrap(response, None));
+                    return Ok(PooledBody::wrap(response, None, shared.read_timeout));
                 }
             }
         }
@@ -330,12 +338,33 @@ struct Checkin {
 pub struct PooledBody {
     inner: Incoming,
     checkin: Option<Checkin>,
+    read_timeout: Duration,
+    /// Runs while Coupa sends nothing (created on the first wait only).
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the last poll found nothing from Coupa (the timer runs from the start of
+    /// a wait, not from the last frame: a caller reading slowly is not Coupa stalling).
+    waiting: bool,
 }
 
+/// The error a response body ends with when Coupa stops sending.
+#[derive(Debug, thiserror::Error)]
+#[error("no response bytes from Coupa for {0:?} (upstream.read_timeout)")]
+pub struct ReadTimedOut(Duration);
+
 impl PooledBody {
-    fn wrap(response: Response<Incoming>, checkin: Option<Checkin>) -> Response<PooledBody> {
+    fn wrap(
+        response: Response<Incoming>,
+        checkin: Option<Checkin>,
+        read_timeout: Duration,
+    ) -> Response<PooledBody> {
         response.map(|inner| {
-            let mut body = PooledBody { inner, checkin };
+            let mut body = PooledBody {
+                inner,
+                checkin,
+                read_timeout,
+                stall: None,
+                waiting: false,
+            };
             if body.inner.is_end_stream() {
                 body.done();
             }
@@ -357,22 +386,44 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let after = this.read_timeout;
+                let stall = match &mut this.stall {
+                    Some(stall) if !this.waiting => {
+                        stall.as_mut().reset(Instant::now() + after);
+                        stall
+                    }
+                    Some(stall) => stall,
+                    None => this.stall.insert(Box::pin(tokio::time::sleep(after))),
+                };
+                this.waiting = true;
+                if stall.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The connection is not reusable; it closes with its sender.
+                drop(this.checkin.take());
+                tracing::debug!(?after, "upstream response body stalled; ending it");
+                return Poll::Ready(Some(Err(Box::new(ReadTimedOut(after)))));
+            }
+        };
+        this.waiting = false;
         match &frame {
-            Poll::Ready(None) => this.done(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.done(),
+            None => this.done(),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.done(),
             // An error: the connection is not reusable; it closes with its sender.
-            Poll::Ready(Some(Err(_))) => drop(this.checkin.take()),
+            Some(Err(_)) => drop(this.checkin.take()),
             _ => {}
         }
-        frame
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -123,6 +123,14 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<Vec<Seen>>>) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 return reset(stream);
             }
+            "/api/stall-mid-body" => {
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&[b'x'; 1000]).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
             "/api/close-mid-body" => {
                 let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n";
                 let _ = stream.write_all(head.as_bytes()).await;

@@ -188,6 +188,9 @@ pub enum TokenFailure {
     Hang,
 }
 
+/// The largest response body whose SHA-256 the mock records.
+pub const MAX_HASHED: usize = 1024 * 1024;
+
 /// What `/api/*` saw in one request.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -199,7 +202,8 @@ pub struct RecordedRequest {
     pub body_len: usize,
     pub body_sha256: String,
     pub status: u16,
-    /// SHA-256 of the body the mock answered with.
+    /// SHA-256 of the body the mock answered with (empty above [`MAX_HASHED`] bytes:
+    /// exports of tens of MiB would cost seconds of a debug build's time).
     pub response_sha256: String,
     pub auth: MockAuth,
     /// Trailers that came after the body, if any.
@@ -532,10 +536,12 @@ impl State {
                     .unwrap_or(HeaderValue::from_static("application/octet-stream"));
                 (StatusCode::OK, body.clone(), ct)
             }
-            _ => pages::page(&parts.uri, &parts.headers).map_or_else(
-                || echo(&parts.method, &parts.uri, &auth),
-                |(b, ct)| (StatusCode::OK, b, ct),
-            ),
+            _ => pages::page(&parts.uri, &parts.headers)
+                .or_else(|| pages::export(&parts.uri))
+                .map_or_else(
+                    || echo(&parts.method, &parts.uri, &auth),
+                    |(b, ct)| (StatusCode::OK, b, ct),
+                ),
         };
         lock(&self.requests).push(RecordedRequest {
             method: parts.method.clone(),
@@ -545,7 +551,11 @@ impl State {
             body_len: body.len(),
             body_sha256: hex::encode(Sha256::digest(&body)),
             status: status.as_u16(),
-            response_sha256: hex::encode(Sha256::digest(&response_body)),
+            response_sha256: if response_body.len() <= MAX_HASHED {
+                hex::encode(Sha256::digest(&response_body))
+            } else {
+                String::new()
+            },
             auth,
             trailers,
             received,

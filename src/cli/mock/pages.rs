@@ -52,6 +52,29 @@ pub fn page(uri: &Uri, headers: &HeaderMap) -> Option<(Bytes, HeaderValue)> {
     }
 }
 
+/// The largest export the mock builds (`?export_bytes=`).
+pub const MAX_EXPORT: usize = 64 * 1024 * 1024;
+
+/// A large export, when the request asks for one: `export_bytes=N` in the query
+/// answers `N` bytes (at most [`MAX_EXPORT`]) of CSV-like text, as Coupa's bulk exports
+/// do, for tests of how responses flow back to slow or absent readers.
+pub fn export(uri: &Uri) -> Option<(Bytes, HeaderValue)> {
+    let query = uri.query()?;
+    let n = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "export_bytes")
+        .and_then(|(_, v)| v.parse::<usize>().ok())?
+        .min(MAX_EXPORT);
+    let line = b"4711,INV-0001,approved,1234.56,EUR\n";
+    // Built a block at a time: cheap even in a debug build.
+    let block: Vec<u8> = line.iter().copied().cycle().take(64 * 1024).collect();
+    let mut body = Vec::with_capacity(n);
+    while body.len() < n {
+        let take = (n - body.len()).min(block.len());
+        body.extend_from_slice(&block[..take]);
+    }
+    Some((Bytes::from(body), HeaderValue::from_static("text/csv")))
+}
+
 /// True when the caller accepts a gzip-encoded response.
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
