@@ -142,6 +142,7 @@ pub struct Metrics {
     token_shared: Family<SharedLabels, Counter>,
     accept_failures: Family<ListenerLabels, Counter>,
     send_timeouts: Family<ListenerLabels, Counter>,
+    clock_offset: FloatGauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -242,6 +243,12 @@ impl Metrics {
             "Connections a listener could not accept (EMFILE/ENFILE: out of file descriptors), each followed by a 100 ms pause",
             accept_failures.clone(),
         );
+        let clock_offset = FloatGauge::default();
+        registry.register(
+            "keybridge_clock_offset_seconds",
+            "This replica's clock minus the fleet's (Redis TIME), as last measured (0 until measured, or without fleet.redis_url)",
+            clock_offset.clone(),
+        );
         let send_timeouts = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "keybridge_send_timeouts",
@@ -297,6 +304,7 @@ impl Metrics {
             token_shared,
             accept_failures,
             send_timeouts,
+            clock_offset,
             audit_failures,
             registry,
             requests,
@@ -368,7 +376,13 @@ impl Metrics {
             .clone()
     }
 
-    /// One token through the shared cache: `read`, `written` or `local`.
+    /// This replica's clock's offset from the fleet's (Redis `TIME`).
+    pub fn clock_offset(&self, offset_ms: i64) {
+        self.clock_offset.set(offset_ms as f64 / 1000.0);
+    }
+
+    /// One token through the shared cache: `read`, `written`, `local`, or
+    /// `implausible` (a stored record ignored for its times).
     pub fn token_shared(&self, result: &'static str) {
         self.token_shared
             .get_or_create(&SharedLabels { result })

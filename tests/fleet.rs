@@ -710,3 +710,147 @@ async fn a_flush_retried_under_its_id_is_counted_once() {
         "another id counts again"
     );
 }
+
+/// `keybridge run` whose wall clock runs `offset` ahead (libfaketime, from Debian's
+/// `faketime`; its monotonic clock is left alone, as NTP would leave it).
+fn replica_with_clock_ahead(
+    config: &PathBuf,
+    db: &TestDatabase,
+    offset: &str,
+) -> std::process::Command {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libfaketime is installed (apt-get install faketime)");
+    let mut command = replica_command(config, db);
+    command
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("FAKETIME_NO_CACHE", "1");
+    command
+}
+
+/// Keyed GETs one after another; every one must be a 200; the slowest.
+async fn slowest_of(proxy: std::net::SocketAddr, n: usize) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let (status, _, body) = tokio::time::timeout(
+            Duration::from_secs(10),
+            get(proxy, "/api/invoices/1", &[("x-coupa-api-key", KEY)]),
+        )
+        .await
+        .expect("answered within 10 s");
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
+/// Issue 23, item 3: a replica whose clock ran 300 s ahead wrote its token with a
+/// future issue time; the others adopted it, held every request "settling" with no
+/// deadline, and "newer wins" kept honest replacements out until it expired. Now
+/// record times are on the fleet's clock (Redis TIME), the skewed replica says so, and
+/// a record from the future (a writer that cannot correct its clock) is ignored,
+/// counted and replaced.
+#[tokio::test]
+async fn a_replica_whose_clock_runs_300_s_ahead_neither_hangs_the_fleet_nor_hides() {
+    use keybridge::token::shared::{SharedToken, SharedTokens, now_ms};
+    let mock = mock()
+        .settle(Duration::from_secs(2))
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let db = TestDatabase::create().await;
+    let prefix = support::redis_server::TestPrefix::new();
+    let config = |name: &str| {
+        replica_config(&mock.base_url(), name, |c| {
+            c.set("fleet.redis_url", support::redis_server::MACHINE)
+                .set("fleet.redis_prefix", &prefix.0)
+                .set("token.settle_delay", "2s")
+                .set("token.request_timeout", "2s")
+        })
+    };
+    let ahead = spawn(replica_with_clock_ahead(&config("kb-ahead"), &db, "+300s")).await;
+    wait_ready(ahead.admin()).await;
+    let clock = &tokens_of(ahead.admin()).await["clock"];
+    let offset = clock["offset_ms"].as_i64().unwrap();
+    assert_eq!(clock["status"], "skewed", "{clock}");
+    assert!((298_000..302_000).contains(&offset), "{clock}");
+    let (status, _, body) = get(ahead.admin(), "/readyz", &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a skewed clock is reported, not an outage"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("\"skewed\""));
+
+    // An honest replica adopts the token the skewed one wrote, and serves at once.
+    let honest = spawn(replica_command(&config("kb-honest"), &db)).await;
+    wait_ready(honest.admin()).await;
+    assert_eq!(mock.token_requests(), 1, "the fleet shares one token");
+    let slowest = slowest_of(honest.proxy(), 50).await;
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest of 50: {slowest:?}"
+    );
+    assert!(slowest_of(ahead.proxy(), 10).await < Duration::from_secs(1));
+    let clock = &tokens_of(honest.admin()).await["clock"];
+    assert_eq!(clock["status"], "ok", "{clock}");
+
+    // A writer that cannot correct its clock stores a record from the future.
+    let client_config = parse(&config_yaml(&mock.base_url(), ""));
+    let shared = SharedTokens::new(
+        &keybridge::config::Secret::new(support::redis_server::MACHINE),
+        &prefix.0,
+    )
+    .unwrap();
+    let future = now_ms() + 300_000;
+    let record = SharedToken {
+        authorization: http::HeaderValue::from_static("Bearer from-the-future"),
+        requested_at_ms: future,
+        usable_at_ms: future + 2_000,
+        refresh_at_ms: future + 3_600_000,
+        expires_at_ms: future + 7_200_000,
+    };
+    let client = &client_config.clients["erp-sync"];
+    assert!(shared.store(client, &record).await.unwrap());
+    // A replica started now ignores it, says so, and replaces it with its own token.
+    let late = spawn(replica_command(&config("kb-late"), &db)).await;
+    let started = std::time::Instant::now();
+    wait_ready(late.admin()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ready in {:?}",
+        started.elapsed()
+    );
+    let slowest = slowest_of(late.proxy(), 20).await;
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest of 20: {slowest:?}"
+    );
+    let said = tokens_of(late.admin()).await;
+    assert!(said["implausible_records"].as_u64().unwrap() >= 1, "{said}");
+    assert!(
+        said["last_implausible"]
+            .as_str()
+            .unwrap()
+            .contains("future"),
+        "{said}"
+    );
+    let stored = shared
+        .load(client)
+        .await
+        .unwrap()
+        .expect("a plausible record");
+    assert_ne!(stored.authorization.as_bytes(), b"Bearer from-the-future");
+    assert_eq!(
+        mock.token_requests(),
+        2,
+        "one fetch to replace the implausible record"
+    );
+}

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use super::core::Core;
 use crate::config::Secret;
 use crate::respond::json_error;
+use crate::token::shared::CLOCK_TOLERANCE;
 
 /// The dashboard page, compiled into the binary.
 const DASHBOARD_HTML: &str = include_str!("admin/dashboard.html");
@@ -206,6 +207,17 @@ fn shared_tokens(core: &Core) -> serde_json::Value {
             "tokens_read": h.reads,
             "tokens_written": h.writes,
             "local_fetches": h.local_fallbacks,
+            "clock": {
+                "status": match h.clock_offset_ms {
+                    None => "unmeasured",
+                    Some(_) if h.clock_skewed() => "skewed",
+                    Some(_) => "ok",
+                },
+                "offset_ms": h.clock_offset_ms,
+                "tolerance_ms": CLOCK_TOLERANCE.as_millis() as u64,
+            },
+            "implausible_records": h.implausible_records,
+            "last_implausible": h.last_implausible,
         }),
     }
 }

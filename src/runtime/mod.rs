@@ -132,7 +132,9 @@ pub async fn start_with_file(
     let metrics = Arc::new(Metrics::new());
     let shared = match &config.fleet.redis_url {
         Some(url) => Some(Arc::new(
-            SharedTokens::new(url, &config.fleet.redis_prefix).map_err(StartError::Fleet)?,
+            SharedTokens::new(url, &config.fleet.redis_prefix)
+                .map_err(StartError::Fleet)?
+                .reporting_to(Arc::clone(&metrics)),
         )),
         None => None,
     };

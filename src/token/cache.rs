@@ -22,7 +22,7 @@ use moka::ops::compute::{CompResult, Op};
 use tokio::task::JoinHandle;
 
 use super::oauth::{self, TokenError};
-use super::shared::{SharedHealth, SharedTokens};
+use super::shared::{CLOCK_TOLERANCE, SharedHealth, SharedTokens};
 use crate::config::{Client, TokenSettings};
 use crate::metrics::Metrics;
 use crate::upstream::HttpClient;
@@ -194,7 +194,7 @@ impl TokenCache {
             match slot.serving(Instant::now()) {
                 Serving::Ready(token) => return Ok(token),
                 Serving::Settling(token) => {
-                    if let Some(token) = wait_settled(token).await {
+                    if let Some(token) = self.wait_settled(token).await {
                         return Ok(token);
                     }
                 }
@@ -216,7 +216,7 @@ impl TokenCache {
         };
         match slot.serving(Instant::now()) {
             Serving::Ready(token) => Ok(token),
-            Serving::Settling(token) => wait_settled(token).await.ok_or_else(expired),
+            Serving::Settling(token) => self.wait_settled(token).await.ok_or_else(expired),
             Serving::Expired => Err(expired()),
         }
     }
@@ -233,10 +233,19 @@ impl TokenCache {
         }
         let settings = &self.inner.settings;
         let bound = settings.settle_delay + settings.request_timeout;
-        tokio::time::timeout(bound, wait_settled(held.current))
+        tokio::time::timeout(bound, self.wait_settled(held.current))
             .await
             .ok()
             .flatten()
+    }
+
+    /// Waits until `token` may be used, but never longer than `token.settle_delay` +
+    /// [`CLOCK_TOLERANCE`] (a token adopted from another replica says when it settles;
+    /// however wrong that is, no request waits longer); `None` if it expires first.
+    async fn wait_settled(&self, token: Arc<Token>) -> Option<Arc<Token>> {
+        let longest = Instant::now() + self.inner.settings.settle_delay + CLOCK_TOLERANCE;
+        tokio::time::sleep_until(token.usable_at.min(longest).into()).await;
+        (Instant::now() < token.expires_at).then_some(token)
     }
 
     /// Fetches a new token unless the cached one is still before its refresh time.
@@ -654,12 +663,6 @@ fn long_enough(grant: oauth::Grant, settle_delay: Duration) -> Result<oauth::Gra
         )));
     }
     Ok(grant)
-}
-
-/// Waits until `token` may be used; `None` if it expires first.
-async fn wait_settled(token: Arc<Token>) -> Option<Arc<Token>> {
-    tokio::time::sleep_until(token.usable_at.into()).await;
-    (Instant::now() < token.expires_at).then_some(token)
 }
 
 /// Exponential backoff from 1 s with full jitter, capped at `max`.

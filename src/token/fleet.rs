@@ -52,7 +52,7 @@ impl TokenCache {
                 match theirs {
                     Some(t)
                         if token_id(&t.authorization) != refused.id
-                            && now_ms() < t.expires_at_ms =>
+                            && shared.fleet_now_ms() < t.expires_at_ms =>
                     {
                         shared.tally(Tally::Read, &self.inner.metrics);
                         Replacement::Theirs(self.adopt(&config.name, t))
@@ -80,7 +80,7 @@ impl TokenCache {
             return self.fetch(client).await;
         };
         let fresh = |t: &SharedToken| {
-            let now = now_ms();
+            let now = shared.fleet_now_ms();
             now < t.refresh_at_ms
                 && now < t.expires_at_ms
                 && Some(token_id(&t.authorization)) != refused
@@ -159,9 +159,19 @@ impl TokenCache {
         local().await
     }
 
-    /// A token another replica stored, on this replica's clock.
+    /// Now on the fleet's clock (this replica's own without the shared cache).
+    fn fleet_now_ms(&self) -> i64 {
+        self.inner
+            .shared
+            .as_ref()
+            .map_or_else(now_ms, |shared| shared.fleet_now_ms())
+    }
+
+    /// A token another replica stored (fleet times), on this replica's clock.
     fn adopt(&self, client: &str, t: SharedToken) -> Token {
-        let (now, now_wall) = (Instant::now(), now_ms());
+        let (now, now_wall) = (Instant::now(), self.fleet_now_ms());
+        // This replica's own wall clock, for what it shows (expiry times).
+        let local_offset = now_ms() - now_wall;
         let at = |ms: i64| {
             if ms >= now_wall {
                 now + Duration::from_millis((ms - now_wall) as u64)
@@ -170,9 +180,10 @@ impl TokenCache {
                     .unwrap_or(now)
             }
         };
+        let expires_local_ms = t.expires_at_ms + local_offset;
         self.inner
             .metrics
-            .token_expiry(client, t.expires_at_ms / 1000);
+            .token_expiry(client, expires_local_ms / 1000);
         Token {
             id: token_id(&t.authorization),
             authorization: t.authorization,
@@ -181,14 +192,14 @@ impl TokenCache {
             refresh_at: at(t.refresh_at_ms),
             expires_at: at(t.expires_at_ms),
             expires_at_wall: std::time::UNIX_EPOCH
-                + Duration::from_millis(t.expires_at_ms.max(0) as u64),
+                + Duration::from_millis(expires_local_ms.max(0) as u64),
             serial: self.inner.serial.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
 
-    /// This replica's token in the fleet's terms (wall-clock milliseconds).
+    /// This replica's token in the fleet's terms (milliseconds on the fleet's clock).
     fn shareable(&self, token: &Token) -> SharedToken {
-        let (now, now_wall) = (Instant::now(), now_ms());
+        let (now, now_wall) = (Instant::now(), self.fleet_now_ms());
         let ms = |i: Instant| {
             if i >= now {
                 now_wall + i.duration_since(now).as_millis() as i64

@@ -11,12 +11,19 @@
 //!   different secret cannot open it and mints its own.
 //! - **Newer wins.** A write replaces the stored token only if it was requested later
 //!   (a Lua compare-and-set), so a slow replica never puts back an older token.
+//! - **One clock.** Record times are the fleet's: Redis `TIME`. Each replica measures
+//!   its own clock's offset from it (at first use, then every 30 s) and converts, so a
+//!   replica whose clock is wrong still writes and reads true times; an offset beyond
+//!   [`CLOCK_TOLERANCE`] is reported (`/readyz`, `/tokens`, the dashboard, a gauge).
+//!   A record whose times are implausible on the fleet's clock (requested in the
+//!   future, settling longer than any settle delay) is ignored, logged and counted, and
+//!   the next token stored replaces it.
 //! - **Optional.** Every call has a short deadline; on any Redis error the caller
 //!   mints locally, as a single node does, and the state is reported (`/tokens`,
 //!   `/readyz`, metrics) until Redis answers again.
 
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use http::HeaderValue;
@@ -26,14 +33,23 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::{Client, Secret};
+use crate::metrics::Metrics;
 
 /// How long one Redis call may take before the caller goes on without it.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// The stored record's format; a record of another version is ignored.
 const VERSION: u8 = 1;
+/// How far a replica's clock may be off the fleet's (Redis `TIME`) before it is
+/// reported skewed, and how far in the future a record's request time may lie before
+/// the record is implausible.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(2);
+/// The longest settle a plausible record can have: `token.settle_delay`'s maximum.
+const MAX_SETTLE: Duration = Duration::from_secs(60);
+/// How often a replica measures its clock against the fleet's again.
+const CLOCK_RECHECK: Duration = Duration::from_secs(30);
 
 /// A token as stored in (and read back from) Redis: the header value and its
-/// timetable in Unix milliseconds, the same for every replica.
+/// timetable in Unix milliseconds on the fleet's clock ([`SharedTokens::fleet_now_ms`]).
 pub struct SharedToken {
     pub authorization: HeaderValue,
     pub requested_at_ms: i64,
@@ -64,6 +80,20 @@ pub struct SharedHealth {
     pub writes: u64,
     /// Fetches done locally because Redis did not answer.
     pub local_fallbacks: u64,
+    /// This replica's clock minus the fleet's (Redis `TIME`), once measured.
+    pub clock_offset_ms: Option<i64>,
+    /// Stored records ignored because their times were implausible.
+    pub implausible_records: u64,
+    /// Why the last one was.
+    pub last_implausible: Option<String>,
+}
+
+impl SharedHealth {
+    /// Whether this replica's clock is off the fleet's by more than [`CLOCK_TOLERANCE`].
+    pub fn clock_skewed(&self) -> bool {
+        self.clock_offset_ms
+            .is_some_and(|o| o.unsigned_abs() > CLOCK_TOLERANCE.as_millis() as u64)
+    }
 }
 
 /// The Redis side of the token cache.
@@ -75,6 +105,11 @@ pub struct SharedTokens {
     target: String,
     rng: SystemRandom,
     health: Mutex<SharedHealth>,
+    /// This replica's clock minus the fleet's, in ms, and when it was measured.
+    clock: Mutex<(i64, Option<Instant>)>,
+    /// When an implausible record was last logged (at most one line per 10 s).
+    warned: Mutex<Option<Instant>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What happened to one token: read from another replica, written for the fleet, or
@@ -124,7 +159,99 @@ impl SharedTokens {
             target,
             rng: SystemRandom::new(),
             health: Mutex::new(SharedHealth::default()),
+            clock: Mutex::new((0, None)),
+            warned: Mutex::new(None),
+            metrics: None,
         })
+    }
+
+    /// Reports the clock offset and implausible records to `metrics` too.
+    pub fn reporting_to(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Now on the fleet's clock: this replica's clock corrected by its measured offset
+    /// from Redis `TIME` (uncorrected until first measured).
+    pub fn fleet_now_ms(&self) -> i64 {
+        now_ms() - self.clock.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// This replica's clock's offset from the fleet's, measured again if it is older
+    /// than [`CLOCK_RECHECK`]: `TIME`, read between two local readings.
+    async fn sync_clock(&self) -> Result<(), SharedError> {
+        let due = {
+            let clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+            clock.1.is_none_or(|at| at.elapsed() >= CLOCK_RECHECK)
+        };
+        if !due {
+            return Ok(());
+        }
+        let before = now_ms();
+        let (secs, micros): (i64, i64) = self.call(redis::cmd("TIME").clone()).await?;
+        let after = now_ms();
+        let fleet = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        let offset = before + (after - before) / 2 - fleet;
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = (offset, Some(Instant::now()));
+        if let Some(metrics) = &self.metrics {
+            metrics.clock_offset(offset);
+        }
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let was_skewed = h.clock_skewed();
+        h.clock_offset_ms = Some(offset);
+        if h.clock_skewed() && !was_skewed {
+            tracing::warn!(
+                offset_ms = offset,
+                tolerance_ms = CLOCK_TOLERANCE.as_millis() as u64,
+                "this replica's clock is off the fleet's (Redis TIME); shared tokens are timed on the fleet's clock, but fix the clock (NTP): audit times come from it"
+            );
+        } else if was_skewed && !h.clock_skewed() {
+            tracing::info!(
+                offset_ms = offset,
+                "this replica's clock agrees with the fleet's again"
+            );
+        }
+        Ok(())
+    }
+
+    /// Why `t` cannot be a record an honest replica wrote by now, if it cannot.
+    fn implausible(t: &SharedToken, now: i64) -> Option<String> {
+        let tolerance = CLOCK_TOLERANCE.as_millis() as i64;
+        if t.requested_at_ms > now + tolerance {
+            return Some(format!(
+                "requested {} ms in the future",
+                t.requested_at_ms - now
+            ));
+        }
+        let settle = t.usable_at_ms - t.requested_at_ms;
+        if settle < 0 || settle > MAX_SETTLE.as_millis() as i64 + tolerance {
+            return Some(format!("settles {settle} ms after it was requested"));
+        }
+        if t.expires_at_ms <= t.usable_at_ms || t.refresh_at_ms > t.expires_at_ms {
+            return Some("expires before it settles or refreshes after it expires".into());
+        }
+        None
+    }
+
+    /// Counts an implausible record (logged at most once per 10 s).
+    fn note_implausible(&self, why: String) {
+        let log = {
+            let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+            let log = warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+            if log {
+                *warned = Some(Instant::now());
+            }
+            log
+        };
+        if log {
+            tracing::warn!(reason = %why, "ignoring a shared token record with implausible times (a replica with a wrong clock?); the next token stored replaces it");
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.token_shared("implausible");
+        }
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.implausible_records += 1;
+        h.last_implausible = Some(why);
     }
 
     /// `<prefix><what>:<client digest>`.
@@ -217,21 +344,29 @@ impl SharedTokens {
         result
     }
 
-    /// The stored token of `client`, if there is one this replica can open.
+    /// The stored token of `client`, if there is one this replica can open and its
+    /// times are plausible on the fleet's clock (an implausible one is counted).
     pub async fn load(&self, client: &Client) -> Result<Option<SharedToken>, SharedError> {
+        self.sync_clock().await?;
         let key = self.key("token", client);
         let stored: Option<String> = self.call(redis::cmd("GET").arg(&key).clone()).await?;
-        let Some(stored) = stored else {
+        let Some(token) = stored.and_then(|stored| open(client, &key, &stored)) else {
             return Ok(None);
         };
-        Ok(open(client, &key, &stored))
+        if let Some(why) = Self::implausible(&token, self.fleet_now_ms()) {
+            self.note_implausible(why);
+            return Ok(None);
+        }
+        Ok(Some(token))
     }
 
-    /// Writes `token` for the fleet unless a newer one is stored; `true` if written.
+    /// Writes `token` (times on the fleet's clock) unless a newer one is stored;
+    /// `true` if written. A stored record requested in the future (beyond
+    /// [`CLOCK_TOLERANCE`] of Redis `TIME`) is not newer: it is replaced.
     pub async fn store(&self, client: &Client, token: &SharedToken) -> Result<bool, SharedError> {
         let key = self.key("token", client);
         let record = self.seal(client, &key, token)?;
-        let ttl = (token.expires_at_ms - now_ms()).max(1);
+        let ttl = (token.expires_at_ms - self.fleet_now_ms()).max(1);
         let written: i64 = self
             .script(
                 &newer_wins(),
@@ -240,6 +375,7 @@ impl SharedTokens {
                     &record,
                     &token.requested_at_ms.to_string(),
                     &ttl.to_string(),
+                    &CLOCK_TOLERANCE.as_millis().to_string(),
                 ],
             )
             .await?;
@@ -437,13 +573,18 @@ fn grant_identity(client: &Client) -> String {
 }
 
 /// `SET KEYS[1] = ARGV[1]` with `PX ARGV[3]`, unless the stored record was requested at or
-/// after `ARGV[2]`. Returns 1 when written.
+/// after `ARGV[2]` and no later than `ARGV[4]` ms past Redis's own `TIME` (a record from
+/// the future is a wrong clock's, not newer). Returns 1 when written.
 fn newer_wins() -> redis::Script {
     redis::Script::new(
         r"local cur = redis.call('GET', KEYS[1])
           if cur then
             local ok, rec = pcall(cjson.decode, cur)
-            if ok and type(rec) == 'table' and tonumber(rec.requested_at) and tonumber(rec.requested_at) >= tonumber(ARGV[2]) then
+            local t = redis.call('TIME')
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+            if ok and type(rec) == 'table' and tonumber(rec.requested_at)
+               and tonumber(rec.requested_at) >= tonumber(ARGV[2])
+               and tonumber(rec.requested_at) <= now + tonumber(ARGV[4]) then
               return 0
             end
           end
