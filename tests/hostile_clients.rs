@@ -304,7 +304,11 @@ async fn connections_beyond_the_cap_get_a_503() {
 async fn requests_beyond_the_in_flight_cap_get_a_503() {
     let raw = RawUpstream::start().await;
     let mock = mock().start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&raw.base_url(), "server:\n  max_in_flight: 2\n");
+    // Per address as many as in all (unset, it would be a quarter: 1).
+    let yaml = config_yaml(
+        &raw.base_url(),
+        "server: {max_in_flight: 2, max_in_flight_per_ip: 2}",
+    );
     let proxy = start_proxy(&with_token_url(&yaml, &mock.base_url())).await;
     wait_ready(proxy.admin_addr).await;
     let addr = proxy.proxy_addr;
