@@ -334,12 +334,29 @@ async fn one_integrations_unread_responses_never_delay_another_integrations() {
     let proxy = start_proxy(&with_token_url(&config.yaml(), &mock.base_url())).await;
     wait_ready(proxy.admin_addr).await;
 
+    // A proxy that has been serving: its connections to Coupa are open.
+    let (status, _, _) = get(
+        proxy.proxy_addr,
+        "/api/invoices/1",
+        &[("x-coupa-api-key", KEY2)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let mut unread = Vec::new();
     for _ in 0..3 {
-        unread.push(raw_get(proxy.proxy_addr, "127.0.0.1", KEY, HUGE).await);
+        // A small receive buffer, as a slow client's would be: the stall forms sooner.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(proxy.proxy_addr).await.unwrap();
+        s.write_all(
+            format!("GET {HUGE} HTTP/1.1\r\nHost: x\r\nX-COUPA-API-KEY: {KEY}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        unread.push(s);
     }
     // Let their responses fill every buffer on the way.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     for bytes in [64, 1_048_576] {
         let path = format!("/api/invoices?export_bytes={bytes}");
         let started = Instant::now();
