@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use crate::config::Secret;
 
-/// A connection manager whose calls give up after `timeout`, reconnecting at most
-/// `retries` times per call; and the `host:port` it talks to, for logs.
+/// A connection manager whose calls give up after `timeout`, and which tries at most
+/// `retries` times to reconnect once it finds its connection dropped (the command that
+/// found it fails: callers retry it if they need to); and the `host:port` it talks to,
+/// for logs.
 pub fn connect(
     url: &Secret,
     timeout: Duration,

@@ -854,3 +854,115 @@ async fn a_replica_whose_clock_runs_300_s_ahead_neither_hangs_the_fleet_nor_hide
         "one fetch to replace the implausible record"
     );
 }
+
+/// Found by the soak: Redis restarting (or any dropped connection) made the next
+/// refresh a fetch by every replica, and `/readyz` said Redis was away when it had
+/// been back for minutes: the connection manager reports a drop to the first command
+/// after it. That command is now tried once more.
+#[tokio::test]
+async fn a_redis_restart_costs_no_extra_fetch_at_the_next_refresh() {
+    let mock = mock()
+        .expires_in(Duration::from_secs(40))
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let db = TestDatabase::create().await;
+    let mut redis = tokio::task::spawn_blocking(support::redis_server::PrivateRedis::start)
+        .await
+        .unwrap();
+    let config = |name: &str| {
+        replica_config(&mock.base_url(), name, |c| {
+            c.set("fleet.redis_url", redis.url())
+                .set("token.refresh_before_expiry", "30s")
+        })
+    };
+    let (a, b) = tokio::join!(
+        spawn(replica_command(&config("kb-a"), &db)),
+        spawn(replica_command(&config("kb-b"), &db))
+    );
+    tokio::join!(wait_ready(a.admin()), wait_ready(b.admin()));
+    assert_eq!(mock.token_grants(), 1, "one token for the fleet");
+    // Redis restarts well before the refresh (10 s after the fetch).
+    redis = tokio::task::spawn_blocking(move || {
+        redis.kill();
+        std::thread::sleep(Duration::from_secs(1));
+        redis.start_again();
+        redis
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while mock.token_grants() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        mock.token_grants(),
+        2,
+        "the refresh is one fetch for the fleet"
+    );
+    for admin in [a.admin(), b.admin()] {
+        let shared = tokens_of(admin).await;
+        assert_eq!(shared["status"], "ok", "{shared}");
+        assert_eq!(shared["local_fetches"], 0, "{shared}");
+    }
+    drop(redis);
+}
+
+/// Found by the soak: a reload while a refresher was fetching aborted it, leaving its
+/// fleet lease in Redis, so the refresh came a whole lease later. Refreshers now stop
+/// at their next wait, never mid-refresh.
+#[tokio::test]
+async fn a_reload_during_a_token_refresh_leaves_no_lease_behind() {
+    let mock = mock()
+        .expires_in(Duration::from_secs(40))
+        .token_delay(Duration::from_millis(1500))
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let prefix = support::redis_server::TestPrefix::new();
+    let config = TestConfig::standard(&mock.base_url())
+        .set("fleet.redis_url", support::redis_server::MACHINE)
+        .set("fleet.redis_prefix", &prefix.0)
+        .set("token.refresh_before_expiry", "30s")
+        .set("token.request_timeout", "5s");
+    let path = temp_path("reload.yaml");
+    std::fs::write(&path, config.yaml()).unwrap();
+    let replica = spawn({
+        let mut command = keybridge();
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("ERP_SYNC_SECRET", SECRET);
+        command
+    })
+    .await;
+    wait_ready(replica.admin()).await;
+    assert_eq!(mock.token_requests(), 1);
+    // The refresh (10 s after the fetch) is under way: the mock answers after 1.5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while mock.token_requests() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mock.token_requests(), 2, "the refresh started");
+    let (status, _, _) = send(
+        http::Method::POST,
+        replica.admin(),
+        "/reload",
+        &[("content-type", "application/json")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        (mock.token_requests(), mock.token_grants()),
+        (2, 2),
+        "the refresh under way completed and was kept; nothing fetched again"
+    );
+    assert!(
+        !prefix.keys().iter().any(|k| k.contains(":lease:")),
+        "no lease left: {:?}",
+        prefix.keys()
+    );
+}

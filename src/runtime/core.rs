@@ -172,7 +172,7 @@ impl Core {
         let state = build::state(Arc::clone(&next), tokens, &services, Some(&current));
         drop(current);
         self.state.store(Arc::new(state));
-        // The old refreshers stop here (aborted on drop).
+        // The old refreshers stop here, each at its next wait (never mid-refresh).
         *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()) = refreshers;
         for setting in &restart_needed {
             tracing::warn!(setting = %setting, "reload: this setting changed but only applies after a restart");

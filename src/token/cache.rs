@@ -143,14 +143,17 @@ pub struct TokenCache {
     pub(super) inner: Arc<Inner>,
 }
 
-/// Aborts the background refreshers when dropped.
-pub struct Refreshers(Vec<JoinHandle<()>>);
+/// Stops the background refreshers when dropped (a reload replaces them): each stops at
+/// its next wait, never in the middle of a refresh, so a token being fetched is still
+/// stored (for the fleet) and a fleet lease taken for it is released, not left to lapse.
+pub struct Refreshers {
+    stop: tokio::sync::watch::Sender<bool>,
+    _tasks: Vec<JoinHandle<()>>,
+}
 
 impl Drop for Refreshers {
     fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
+        self.stop.send_replace(true);
     }
 }
 
@@ -533,6 +536,7 @@ impl TokenCache {
     /// warm-up), then again at every token's refresh time, backing off with jitter
     /// after failures.
     pub fn spawn_refreshers(&self) -> Refreshers {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let tasks = self
             .inner
             .clients
@@ -540,16 +544,30 @@ impl TokenCache {
             .map(|name| {
                 let cache = self.clone();
                 let name = Arc::clone(name);
-                tokio::spawn(async move { cache.refresh_loop(name).await })
+                let stopped = stopped.clone();
+                tokio::spawn(cache.refresh_loop(name, stopped))
             })
             .collect();
-        Refreshers(tasks)
+        Refreshers {
+            stop,
+            _tasks: tasks,
+        }
     }
 
-    async fn refresh_loop(self, name: Arc<str>) {
+    async fn refresh_loop(self, name: Arc<str>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        // Waits until `at`; false once the refreshers are stopped (or their owner is
+        // gone, which also means stop).
+        let mut wait_until = async |at: Instant| {
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => true,
+                _ = stopped.wait_for(|stop| *stop) => false,
+            }
+        };
         loop {
-            if let Some(slot) = self.inner.cache.get(&*name).await {
-                tokio::time::sleep_until(slot.current.refresh_at.into()).await;
+            if let Some(slot) = self.inner.cache.get(&*name).await
+                && !wait_until(slot.current.refresh_at).await
+            {
+                return;
             }
             let result = self.refresh_inner(&name, false).await;
             // Never spin: after a failure wait out the backoff the failure set; after a
@@ -573,7 +591,9 @@ impl TokenCache {
                     }
                 }
             };
-            tokio::time::sleep_until(pause_until.into()).await;
+            if !wait_until(pause_until).await {
+                return;
+            }
         }
     }
 

@@ -303,9 +303,12 @@ impl SharedTokens {
     }
 
     async fn call<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, SharedError> {
-        let mut conn = self.conn.clone();
-        self.bounded(async move { cmd.query_async::<T>(&mut conn).await })
-            .await
+        self.bounded(|| {
+            let mut conn = self.conn.clone();
+            let cmd = &cmd;
+            async move { cmd.query_async::<T>(&mut conn).await }
+        })
+        .await
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -321,17 +324,35 @@ impl SharedTokens {
         for a in args {
             invocation.arg(*a);
         }
-        let mut conn = self.conn.clone();
-        self.bounded(async move { invocation.invoke_async::<T>(&mut conn).await })
-            .await
+        self.bounded(|| {
+            let mut conn = self.conn.clone();
+            let invocation = &invocation;
+            async move { invocation.invoke_async::<T>(&mut conn).await }
+        })
+        .await
     }
 
-    /// One Redis exchange within [`CALL_TIMEOUT`], its outcome noted in the health.
-    async fn bounded<T>(
-        &self,
-        exchange: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, SharedError> {
-        let result = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+    /// One Redis exchange within [`CALL_TIMEOUT`], its outcome noted in the health. An
+    /// exchange that finds its connection dropped (Redis restarted, a reset, an idle
+    /// timeout on the way) is tried once more on the connection the manager reopens:
+    /// the manager reports the drop to the first command after it, and this cache's
+    /// commands come hours apart, so without the second try every refresh after a
+    /// blip would be fetched by every replica.
+    async fn bounded<T, F, Fut>(&self, exchange: F) -> Result<T, SharedError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let attempts = async {
+            match exchange().await {
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                    tracing::debug!(redis = %self.target, error = %e, "shared token cache connection dropped; trying once more");
+                    exchange().await
+                }
+                result => result,
+            }
+        };
+        let result = match tokio::time::timeout(CALL_TIMEOUT, attempts).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(SharedError(format!("redis {}: {e}", self.target))),
             Err(_) => Err(SharedError(format!(
