@@ -30,6 +30,7 @@ pub mod pg;
 pub mod process;
 pub mod raw;
 pub mod redis_server;
+pub mod relay;
 pub mod tls_front;
 
 pub use config::TestConfig;
