@@ -788,6 +788,15 @@ async fn a_replica_whose_clock_runs_300_s_ahead_neither_hangs_the_fleet_nor_hide
         "a skewed clock is reported, not an outage"
     );
     assert!(String::from_utf8_lossy(&body).contains("\"skewed\""));
+    let dom = support::browser::headless(
+        format!("http://{}/", ahead.admin()),
+        vec!["--dump-dom".into()],
+    )
+    .await;
+    assert!(
+        dom.contains(r#"data-status="skewed""#) && dom.contains("off the fleet's (Redis TIME)"),
+        "the dashboard shows the skew"
+    );
 
     // An honest replica adopts the token the skewed one wrote, and serves at once.
     let honest = spawn(replica_command(&config("kb-honest"), &db)).await;

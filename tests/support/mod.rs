@@ -24,6 +24,7 @@ use keybridge::cli::mock::{MockCoupa, MockHandle};
 use keybridge::config::Config;
 use keybridge::runtime::Running;
 
+pub mod browser;
 pub mod config;
 pub mod leak;
 pub mod pg;
