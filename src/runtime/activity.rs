@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
@@ -137,6 +138,7 @@ where
                     inner,
                     guard,
                     watch,
+                    rest: Bytes::new(),
                 }
             })
         }))
@@ -149,39 +151,76 @@ pub(super) struct TrackedBody<B> {
     inner: B,
     guard: Option<InProgress>,
     watch: Option<Arc<SendWatch>>,
+    /// What is left of a large data frame, handed out [`PIECE`] bytes at a time.
+    rest: Bytes,
 }
 
-impl<B: Body + Unpin> Body for TrackedBody<B> {
-    type Data = B::Data;
+/// The most one poll hands hyper. hyper polls a body again only once what it has is
+/// (mostly) written, and chunks from Coupa reach hundreds of KiB when a caller reads
+/// slowly: in pieces, a caller that reads at all — even 300 bytes a second — shows
+/// progress to its [`SendWatch`] within `server.send_timeout`, and only one that reads
+/// nothing is cut off.
+const PIECE: usize = 16 * 1024;
+
+impl<B> TrackedBody<B> {
+    /// The next piece of `data`, keeping the rest for the next polls.
+    fn piece(&mut self, mut data: Bytes) -> Bytes {
+        if data.len() > PIECE {
+            self.rest = data.split_off(PIECE);
+        }
+        data
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for TrackedBody<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = if this.rest.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(this.piece(data))))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        } else {
+            let rest = std::mem::take(&mut this.rest);
+            Poll::Ready(Some(Ok(Frame::data(this.piece(rest)))))
+        };
         let done = match &polled {
             Poll::Pending => None,
             // (hyper stops polling once a body says it has ended, so the last data
             // frame may be the last call.)
-            Poll::Ready(frame) => Some(!matches!(frame, Some(Ok(_))) || self.inner.is_end_stream()),
+            Poll::Ready(frame) => Some(!matches!(frame, Some(Ok(_))) || this.is_end_stream()),
         };
-        if let Some(watch) = &self.watch {
+        if let Some(watch) = &this.watch {
             watch.polled(done.map(|done| !done));
         }
         if done == Some(true) {
             // Done: the request no longer counts.
-            self.guard = None;
+            this.guard = None;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        hint.set_lower(hint.lower().saturating_add(rest));
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::accept::{Acceptor, Caps, OpenConnection};
 use super::activity::{Activity, Tracked};
-use super::send_watch::{Stall, StreamExecutor};
+use super::send_watch::{Stall, StreamExecutor, Written};
 use crate::config::ServerSettings;
 
 /// How long a connection may do nothing (see [`super::activity`]).
@@ -66,7 +66,7 @@ impl<S, B> Served<B> for S where
 
 /// A response body hyper can send on a served connection.
 pub trait ServedBody:
-    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
     + Send
     + Unpin
     + 'static
@@ -74,7 +74,7 @@ pub trait ServedBody:
 }
 
 impl<B> ServedBody for B where
-    B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
         + Send
         + Unpin
         + 'static
@@ -292,9 +292,9 @@ impl Conn {
             peer,
         } = self;
         let service = Tracked::new(service, Arc::clone(&activity));
-        let io = TokioIo::new(io);
         match protocol {
             Protocol::Http1 => {
+                let io = TokioIo::new(Written::new(io, Arc::clone(&activity.sending)));
                 let conn = protocols.http1.serve_connection(io, service);
                 let cut = protocols.cut.as_ref();
                 until_idle(watcher.watch(conn), &activity, deadlines, peer, cut).await
@@ -302,7 +302,7 @@ impl Conn {
             // Boxed: rarer, and larger than an HTTP/1 connection, which would otherwise
             // carry its size in every connection's task.
             Protocol::Http2 => {
-                let conn = protocols.http2.serve_connection(io, service);
+                let conn = protocols.http2.serve_connection(TokioIo::new(io), service);
                 // Its streams watch their own sending (send_watch::StreamExecutor).
                 Box::pin(until_idle(
                     watcher.watch(conn),

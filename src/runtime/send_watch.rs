@@ -8,7 +8,8 @@
 //! as long as the caller liked.
 //!
 //! Each response body being sent reports to a [`SendWatch`] (a poll counter and what
-//! the body is waiting for; no clock read on the request path), and a [`Stall`] samples
+//! the body is waiting for; no clock read on the request path; an HTTP/1 connection's
+//! socket writes count as progress too, [`Written`]), and a [`Stall`] samples
 //! it: an HTTP/1 connection's loop samples its one watch (`conn::until_idle`) and closes
 //! the connection; each HTTP/2 stream runs in a task of its own ([`StreamExecutor`]),
 //! which samples that stream's watch and drops the stream, which resets it. Either way
@@ -22,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// No response body is being sent.
@@ -40,8 +42,11 @@ pub(super) struct SendWatch {
 }
 
 impl SendWatch {
-    /// A response body starts being sent (or has nothing left to send).
+    /// A response body starts being sent (or has nothing left to send). Counts as
+    /// progress: a sampler that last looked during the previous response of an HTTP/1
+    /// connection starts its count afresh.
     pub(super) fn start(&self, empty: bool) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
         self.state
             .store(if empty { IDLE } else { SENDING }, Ordering::Relaxed);
     }
@@ -58,6 +63,11 @@ impl SendWatch {
         self.state.store(state, Ordering::Relaxed);
     }
 
+    /// The caller accepted bytes (the connection's socket took a write).
+    fn progress(&self) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The body is gone (finished or dropped).
     pub(super) fn finish(&self) {
         self.state.store(IDLE, Ordering::Relaxed);
@@ -72,6 +82,68 @@ impl SendWatch {
 tokio::task_local! {
     /// The watch of the HTTP/2 stream a task serves (set by [`StreamExecutor`]).
     static STREAM: Arc<SendWatch>;
+}
+
+/// An HTTP/1 connection's socket, reporting each write it takes to the connection's
+/// [`SendWatch`]: hyper buffers up to ~400 KB of a response before it polls the body
+/// again, so a caller reading slowly shows its progress here, not in body polls.
+pub(super) struct Written<I> {
+    inner: I,
+    watch: Arc<SendWatch>,
+}
+
+impl<I> Written<I> {
+    pub(super) fn new(inner: I, watch: Arc<SendWatch>) -> Self {
+        Written { inner, watch }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Written<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Written<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.progress();
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.progress();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Samples a [`SendWatch`]: a body that waits on its caller with no poll between two

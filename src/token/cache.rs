@@ -559,8 +559,10 @@ impl TokenCache {
         // gone, which also means stop).
         let mut wait_until = async |at: Instant| {
             tokio::select! {
-                () = tokio::time::sleep_until(at.into()) => true,
+                // Stopping wins over a wait that is also over.
+                biased;
                 _ = stopped.wait_for(|stop| *stop) => false,
+                () = tokio::time::sleep_until(at.into()) => true,
             }
         };
         loop {

@@ -109,6 +109,9 @@ pub struct SharedTokens {
     clock: Mutex<(i64, Option<Instant>)>,
     /// When an implausible record was last logged (at most one line per 10 s).
     warned: Mutex<Option<Instant>>,
+    /// The last implausible record counted (its times), so a record read by waiters
+    /// every 100 ms counts once.
+    last_implausible: Mutex<Option<(i64, i64, i64)>>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -161,6 +164,7 @@ impl SharedTokens {
             health: Mutex::new(SharedHealth::default()),
             clock: Mutex::new((0, None)),
             warned: Mutex::new(None),
+            last_implausible: Mutex::new(None),
             metrics: None,
         })
     }
@@ -190,6 +194,11 @@ impl SharedTokens {
         let before = now_ms();
         let (secs, micros): (i64, i64) = self.call(redis::cmd("TIME").clone()).await?;
         let after = now_ms();
+        // A slow exchange (a reconnect, a retry) says little about the offset: measure
+        // again next time rather than keep an error of half its length.
+        if after - before > 200 {
+            return Ok(());
+        }
         let fleet = secs.saturating_mul(1000).saturating_add(micros / 1000);
         let offset = before + (after - before) / 2 - fleet;
         *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = (offset, Some(Instant::now()));
@@ -214,7 +223,9 @@ impl SharedTokens {
         Ok(())
     }
 
-    /// Why `t` cannot be a record an honest replica wrote by now, if it cannot.
+    /// Why `t` cannot be a record an honest replica wrote by now, if it cannot: requested
+    /// in the future, settling later than any settle delay from now (what a reader
+    /// would wait for), or expiring before it settles.
     fn implausible(t: &SharedToken, now: i64) -> Option<String> {
         let tolerance = CLOCK_TOLERANCE.as_millis() as i64;
         if t.requested_at_ms > now + tolerance {
@@ -223,9 +234,11 @@ impl SharedTokens {
                 t.requested_at_ms - now
             ));
         }
-        let settle = t.usable_at_ms - t.requested_at_ms;
-        if settle < 0 || settle > MAX_SETTLE.as_millis() as i64 + tolerance {
-            return Some(format!("settles {settle} ms after it was requested"));
+        let settles_in = t.usable_at_ms - now;
+        if t.usable_at_ms < t.requested_at_ms
+            || settles_in > MAX_SETTLE.as_millis() as i64 + tolerance
+        {
+            return Some(format!("settles {settles_in} ms from now"));
         }
         if t.expires_at_ms <= t.usable_at_ms || t.refresh_at_ms > t.expires_at_ms {
             return Some("expires before it settles or refreshes after it expires".into());
@@ -233,8 +246,24 @@ impl SharedTokens {
         None
     }
 
-    /// Counts an implausible record (logged at most once per 10 s).
-    fn note_implausible(&self, why: String) {
+    /// Counts an implausible record, once however often it is read (waiters poll), and
+    /// logs it at most once per 10 s.
+    fn note_implausible(&self, record: &SharedToken, why: String) {
+        {
+            let mut last = self
+                .last_implausible
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let id = (
+                record.requested_at_ms,
+                record.usable_at_ms,
+                record.expires_at_ms,
+            );
+            if *last == Some(id) {
+                return;
+            }
+            *last = Some(id);
+        }
         let log = {
             let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
             let log = warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
@@ -302,8 +331,21 @@ impl SharedTokens {
         metrics.token_shared(label);
     }
 
+    /// Runs `cmd`, tried again once on a dropped connection: only for commands whose
+    /// second run means what the first would have (GET, EXISTS, TIME; not `SET NX`,
+    /// whose lost reply would read as someone else's claim: [`Self::call_once`]).
     async fn call<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, SharedError> {
-        self.bounded(|| {
+        self.bounded(true, || {
+            let mut conn = self.conn.clone();
+            let cmd = &cmd;
+            async move { cmd.query_async::<T>(&mut conn).await }
+        })
+        .await
+    }
+
+    /// Runs `cmd` once: a dropped connection is an error (the caller falls back).
+    async fn call_once<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, SharedError> {
+        self.bounded(false, || {
             let mut conn = self.conn.clone();
             let cmd = &cmd;
             async move { cmd.query_async::<T>(&mut conn).await }
@@ -324,7 +366,9 @@ impl SharedTokens {
         for a in args {
             invocation.arg(*a);
         }
-        self.bounded(|| {
+        // Both scripts are safe to run twice: newer-wins compares, compare-and-delete
+        // checks the owner.
+        self.bounded(true, || {
             let mut conn = self.conn.clone();
             let invocation = &invocation;
             async move { invocation.invoke_async::<T>(&mut conn).await }
@@ -338,14 +382,14 @@ impl SharedTokens {
     /// the manager reports the drop to the first command after it, and this cache's
     /// commands come hours apart, so without the second try every refresh after a
     /// blip would be fetched by every replica.
-    async fn bounded<T, F, Fut>(&self, exchange: F) -> Result<T, SharedError>
+    async fn bounded<T, F, Fut>(&self, retry: bool, exchange: F) -> Result<T, SharedError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let attempts = async {
             match exchange().await {
-                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                Err(e) if retry && (e.is_connection_dropped() || e.is_io_error()) => {
                     tracing::debug!(redis = %self.target, error = %e, "shared token cache connection dropped; trying once more");
                     exchange().await
                 }
@@ -375,7 +419,7 @@ impl SharedTokens {
             return Ok(None);
         };
         if let Some(why) = Self::implausible(&token, self.fleet_now_ms()) {
-            self.note_implausible(why);
+            self.note_implausible(&token, why);
             return Ok(None);
         }
         Ok(Some(token))
@@ -411,7 +455,7 @@ impl SharedTokens {
             .map_err(|_| SharedError("no randomness for a lease owner".into()))?;
         let owner = hex::encode(owner);
         let set: Option<String> = self
-            .call(
+            .call_once(
                 redis::cmd("SET")
                     .arg(self.key("lease", client))
                     .arg(&owner)
@@ -458,7 +502,7 @@ impl SharedTokens {
         interval: Duration,
     ) -> Result<bool, SharedError> {
         let set: Option<String> = self
-            .call(
+            .call_once(
                 redis::cmd("SET")
                     .arg(self.key("forced", client))
                     .arg("1")
@@ -598,7 +642,8 @@ fn grant_identity(client: &Client) -> String {
 /// the future is a wrong clock's, not newer). Returns 1 when written.
 fn newer_wins() -> redis::Script {
     redis::Script::new(
-        r"local cur = redis.call('GET', KEYS[1])
+        r"redis.replicate_commands()
+          local cur = redis.call('GET', KEYS[1])
           if cur then
             local ok, rec = pcall(cjson.decode, cur)
             local t = redis.call('TIME')

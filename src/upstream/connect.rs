@@ -18,7 +18,8 @@ use crate::body::UpstreamBody;
 
 /// A fresh connection's request handle.
 pub(super) enum Fresh {
-    Http1(http1::SendRequest<UpstreamBody>),
+    /// The request handle, and the connection's task (aborted to close it at once).
+    Http1(http1::SendRequest<UpstreamBody>, tokio::task::AbortHandle),
     Http2(http2::SendRequest<UpstreamBody>),
 }
 
@@ -176,10 +177,10 @@ where
             authority: authority.clone(),
             source,
         })?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(Fresh::Http1(sender))
+    Ok(Fresh::Http1(sender, task.abort_handle()))
 }

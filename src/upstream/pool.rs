@@ -25,6 +25,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::connect::{Connector, Fresh};
@@ -69,6 +70,7 @@ struct Origin {
 
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
+    task: AbortHandle,
     since: Instant,
 }
 
@@ -76,6 +78,7 @@ struct Idle {
 enum Taken {
     Http1 {
         sender: http1::SendRequest<UpstreamBody>,
+        task: AbortHandle,
         reused: bool,
     },
     Http2(http2::SendRequest<UpstreamBody>),
@@ -124,7 +127,11 @@ impl Upstream for Pool {
                 None => Box::pin(shared.open(origin, https, &authority)).await?,
             };
             match taken {
-                Taken::Http1 { mut sender, reused } => {
+                Taken::Http1 {
+                    mut sender,
+                    task,
+                    reused,
+                } => {
                     to_origin_form(&mut request, &host);
                     if sender.ready().await.is_err() {
                         continue; // closed while idle: take another
@@ -135,6 +142,7 @@ impl Upstream for Pool {
                                 shared: Arc::clone(shared),
                                 origin,
                                 sender,
+                                task,
                             };
                             return Ok(PooledBody::wrap(
                                 response,
@@ -213,6 +221,7 @@ impl Shared {
             if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
                 return Some(Taken::Http1 {
                     sender: idle.sender,
+                    task: idle.task,
                     reused: true,
                 });
             }
@@ -231,8 +240,9 @@ impl Shared {
         let start_reaper = {
             let mut origins = self.lock();
             let taken = match fresh {
-                Fresh::Http1(sender) => Taken::Http1 {
+                Fresh::Http1(sender, task) => Taken::Http1 {
                     sender,
+                    task,
                     reused: false,
                 },
                 Fresh::Http2(sender) => {
@@ -253,7 +263,7 @@ impl Shared {
     }
 
     /// Puts an HTTP/1.1 connection whose response has been read back on its stack.
-    fn check_in(&self, origin: usize, sender: http1::SendRequest<UpstreamBody>) {
+    fn check_in(&self, origin: usize, sender: http1::SendRequest<UpstreamBody>, task: AbortHandle) {
         if sender.is_closed() {
             return;
         }
@@ -264,6 +274,7 @@ impl Shared {
         {
             o.idle.push(Idle {
                 sender,
+                task,
                 since: Instant::now(),
             });
         }
@@ -327,11 +338,21 @@ fn to_absolute_form(request: &mut Request<UpstreamBody>, https: bool, authority:
     }
 }
 
-/// Gives an HTTP/1.1 connection back to its pool.
+/// Gives an HTTP/1.1 connection back to its pool, or closes it.
 struct Checkin {
     shared: Arc<Shared>,
     origin: usize,
     sender: http1::SendRequest<UpstreamBody>,
+    task: AbortHandle,
+}
+
+impl Checkin {
+    /// Closes the connection now. hyper would otherwise keep reading the rest of an
+    /// abandoned response to reuse the connection, which nobody will (its handle is
+    /// gone): from a Coupa that stopped sending, forever.
+    fn close(self) {
+        self.task.abort();
+    }
 }
 
 /// Coupa's response body; its end returns the connection to the pool.
@@ -377,9 +398,10 @@ impl PooledBody {
             shared,
             origin,
             sender,
+            task,
         }) = self.checkin.take()
         {
-            shared.check_in(origin, sender);
+            shared.check_in(origin, sender, task);
         }
     }
 }
@@ -409,8 +431,10 @@ impl Body for PooledBody {
                 if stall.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                // The connection is not reusable; it closes with its sender.
-                drop(this.checkin.take());
+                // The connection is not reusable.
+                if let Some(checkin) = this.checkin.take() {
+                    checkin.close();
+                }
                 tracing::debug!(?after, "upstream response body stalled; ending it");
                 return Poll::Ready(Some(Err(Box::new(ReadTimedOut(after)))));
             }
@@ -419,8 +443,12 @@ impl Body for PooledBody {
         match &frame {
             None => this.done(),
             Some(Ok(_)) if this.inner.is_end_stream() => this.done(),
-            // An error: the connection is not reusable; it closes with its sender.
-            Some(Err(_)) => drop(this.checkin.take()),
+            // An error: the connection is not reusable.
+            Some(Err(_)) => {
+                if let Some(checkin) = this.checkin.take() {
+                    checkin.close();
+                }
+            }
             _ => {}
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -432,5 +460,15 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A response dropped before its end (the caller went away or was cut off) closes its
+/// connection.
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some(checkin) = self.checkin.take() {
+            checkin.close();
+        }
     }
 }
