@@ -368,7 +368,12 @@ impl PostgresStore {
             .await
             .map_err(&e)?;
         }
-        tx.commit().await.map_err(&e)?;
+        // A COMMIT whose answer is lost (the connection reset, PostgreSQL stopping) may
+        // have been applied: in doubt, retried under the same id, counted once.
+        tx.commit().await.map_err(|err| StoreError::InDoubt {
+            target: format!("PostgreSQL {}", self.target),
+            cause: crate::log::chain(&err),
+        })?;
         if sweep {
             // Only once the sweep is committed: a failed flush sweeps at the next one.
             *self.swept.lock().unwrap_or_else(|p| p.into_inner()) = now;
