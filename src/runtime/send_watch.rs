@@ -96,6 +96,14 @@ impl<I> Written<I> {
     pub(super) fn new(inner: I, watch: Arc<SendWatch>) -> Self {
         Written { inner, watch }
     }
+
+    /// Passes `written` on, counting a write that took bytes as progress.
+    fn counted(&self, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.progress();
+        }
+        written
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Written<I> {
@@ -115,10 +123,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Written<I> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.watch.progress();
-        }
-        written
+        self.counted(written)
     }
 
     fn poll_write_vectored(
@@ -127,10 +132,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Written<I> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.watch.progress();
-        }
-        written
+        self.counted(written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -393,6 +393,14 @@ impl PooledBody {
         })
     }
 
+    /// Closes the connection unless it went back to the pool (a response not read to
+    /// its end leaves it unusable).
+    fn abandon(&mut self) {
+        if let Some(checkin) = self.checkin.take() {
+            checkin.close();
+        }
+    }
+
     fn done(&mut self) {
         if let Some(Checkin {
             shared,
@@ -431,10 +439,7 @@ impl Body for PooledBody {
                 if stall.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                // The connection is not reusable.
-                if let Some(checkin) = this.checkin.take() {
-                    checkin.close();
-                }
+                this.abandon();
                 tracing::debug!(?after, "upstream response body stalled; ending it");
                 return Poll::Ready(Some(Err(Box::new(ReadTimedOut(after)))));
             }
@@ -444,11 +449,7 @@ impl Body for PooledBody {
             None => this.done(),
             Some(Ok(_)) if this.inner.is_end_stream() => this.done(),
             // An error: the connection is not reusable.
-            Some(Err(_)) => {
-                if let Some(checkin) = this.checkin.take() {
-                    checkin.close();
-                }
-            }
+            Some(Err(_)) => this.abandon(),
             _ => {}
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -467,8 +468,6 @@ impl Body for PooledBody {
 /// connection.
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if let Some(checkin) = self.checkin.take() {
-            checkin.close();
-        }
+        self.abandon();
     }
 }
